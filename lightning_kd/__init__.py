@@ -1,0 +1,3 @@
+"""lightning-kd: knowledge distillation on PyTorch Lightning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,35 @@
+"""Data: CIFAR and image-folder DataModules, and batched tensor augmentation."""
+
+from lightning_kd.data.batch_augment import normalize, normalize_constants, random_crop_flip
+from lightning_kd.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    CIFARDataModuleBase,
+    PILImageDataset,
+    UInt8ImageDataset,
+    collate_uint8_batch,
+)
+from lightning_kd.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataModule
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "CIFARDataModuleBase",
+    "ImageFolderDataModule",
+    "PILImageDataset",
+    "UInt8ImageDataset",
+    "collate_uint8_batch",
+    "normalize",
+    "normalize_constants",
+    "random_crop_flip",
+]

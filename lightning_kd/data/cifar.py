@@ -1,0 +1,518 @@
+"""CIFAR-10 and CIFAR-100 LightningDataModules.
+
+Two input pipelines share one DataModule:
+
+* ``augment="batch"`` (default, fast): each split lives in memory as one ``uint8`` tensor
+  ``(N, 3, 32, 32)``. The DataLoader gathers a whole batch with one indexing op
+  (:class:`UInt8ImageDataset` implements ``__getitems__``) and yields ``uint8`` images.
+  Cropping, flipping, float conversion and normalisation run on the whole batch in
+  :meth:`CIFARDataModuleBase.on_after_batch_transfer`, i.e. on the accelerator after transfer.
+* ``augment="pil"`` (classic): a per-sample torchvision pipeline on PIL images; batches come
+  out of the DataLoader already float and normalised.
+
+Both yield ``[images, targets]`` to the model: float32 ``(B, 3, 32, 32)`` normalised images and
+int64 ``(B,)`` labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from typing_extensions import override
+
+from lightning_kd.data.batch_augment import normalize_constants, random_crop_flip
+from lightning_kd.data.cifar_files import (
+    CIFAR10_LAYOUT,
+    CIFAR100_LAYOUT,
+    CifarLayout,
+    find_cifar_dir,
+    read_cifar_class_names,
+    read_cifar_split,
+    resolve_cifar_dir,
+)
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "CIFARDataModuleBase",
+    "PILImageDataset",
+    "UInt8ImageDataset",
+    "collate_uint8_batch",
+]
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+class UInt8ImageDataset(Dataset[tuple[Tensor, Tensor]]):
+    """In-memory images with batched indexing.
+
+    The DataLoader calls :meth:`__getitems__` with the list of indices of one batch, so a
+    batch costs one ``index_select`` instead of ``B`` ``__getitem__`` calls. Use it with
+    :func:`collate_uint8_batch`. Any sampler works, including ``DistributedSampler``.
+
+    Args:
+        images: ``uint8`` tensor ``(N, C, H, W)``.
+        targets: ``int64`` tensor ``(N,)``.
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if targets.shape != (images.shape[0],):
+            raise ValueError(
+                f"targets must have shape ({images.shape[0]},), got {tuple(targets.shape)}"
+            )
+        self.images = images
+        self.targets = targets.long()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        """One sample: ``uint8`` image ``(C, H, W)`` and an int64 scalar label."""
+        return self.images[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        """One batch: ``uint8`` images ``(B, C, H, W)`` and int64 labels ``(B,)``."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images.index_select(0, idx), self.targets.index_select(0, idx)
+
+
+def collate_uint8_batch(batch: Any) -> list[Tensor]:
+    """Collate function for :class:`UInt8ImageDataset` (module level, so it pickles).
+
+    Args:
+        batch: Either the ``(images, targets)`` pair returned by ``__getitems__``, or a list of
+            ``(image, target)`` samples (when a loader bypasses ``__getitems__``).
+
+    Returns:
+        ``[images, targets]``: ``uint8`` ``(B, C, H, W)`` and int64 ``(B,)``.
+    """
+    if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], Tensor):
+        images, targets = batch
+        if images.dim() == 4:
+            return [images, targets]
+    images = torch.stack([sample[0] for sample in batch])
+    targets = torch.stack([torch.as_tensor(sample[1]) for sample in batch]).long()
+    return [images, targets]
+
+
+class PILImageDataset(Dataset[tuple[Tensor, int]]):
+    """Per-sample dataset: each image becomes a PIL image and goes through ``transform``.
+
+    Args:
+        images: ``uint8`` tensor ``(N, 3, H, W)``; stored as a contiguous ``(N, H, W, 3)``
+            array so that building a PIL image needs no copy.
+        targets: int64 tensor ``(N,)``.
+        transform: Callable from a PIL image to a float tensor ``(3, H', W')``.
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor, transform: Any) -> None:
+        if targets.shape != (images.shape[0],):
+            raise ValueError(
+                f"targets must have shape ({images.shape[0]},), got {tuple(targets.shape)}"
+            )
+        self.images_hwc: np.ndarray = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets: list[int] = targets.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        """One sample: transformed image (float ``(3, H', W')``) and its label."""
+        image = Image.fromarray(self.images_hwc[index])
+        return self.transform(image), self.targets[index]
+
+
+CifarDataset = UInt8ImageDataset | PILImageDataset
+
+
+def _num_val(val_split: int | float, n: int) -> int:
+    """Number of validation images for ``val_split`` out of ``n`` training images."""
+    count = round(val_split * n) if isinstance(val_split, float) else val_split
+    if count == 0 and val_split != 0:
+        raise ValueError(
+            f"val_split={val_split!r} holds out no image of {n}; use val_split=0 to validate "
+            "on the test split"
+        )
+    if count >= n:
+        raise ValueError(
+            f"val_split={val_split!r} holds out {count} of {n} training images; "
+            "at least one must stay for training"
+        )
+    return count
+
+
+def _class_balanced_subset(
+    targets: Tensor, size: int, num_classes: int, generator: torch.Generator
+) -> Tensor:
+    """Pick ``size`` indices with per-class counts as equal as possible.
+
+    Each class gets ``size // num_classes`` images, and ``size % num_classes`` classes chosen
+    by ``generator`` get one more. Within a class, images are chosen by ``generator``.
+
+    Args:
+        targets: int64 labels ``(N,)``.
+        size: Number of indices to return.
+        num_classes: Number of classes ``C``.
+        generator: Seeded CPU generator.
+
+    Returns:
+        Sorted int64 indices into ``targets``, shape ``(size,)``.
+
+    Raises:
+        ValueError: If ``size`` exceeds ``N`` or a class has too few images.
+    """
+    if size > targets.numel():
+        raise ValueError(
+            f"train_subset={size} is larger than the {targets.numel()} available training images"
+        )
+    per_class = torch.full((num_classes,), size // num_classes, dtype=torch.long)
+    per_class[torch.randperm(num_classes, generator=generator)[: size % num_classes]] += 1
+    chosen = []
+    for cls in range(num_classes):
+        members = torch.nonzero(targets == cls).flatten()
+        want = int(per_class[cls])
+        if members.numel() < want:
+            raise ValueError(
+                f"train_subset={size} needs {want} images of class {cls}, but only "
+                f"{members.numel()} are available"
+            )
+        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:want]])
+    return torch.cat(chosen).sort().values
+
+
+class CIFARDataModuleBase(LightningDataModule):
+    """Shared implementation of the CIFAR DataModules; use a subclass.
+
+    Subclasses set :attr:`layout`, :attr:`mean` and :attr:`std`.
+
+    Args:
+        data_dir: Folder that contains the batches folder (``cifar-10-batches-py`` or
+            ``cifar-100-python``), or that batches folder itself.
+        batch_size: Training batch size (per process under DDP).
+        eval_batch_size: Batch size of the val/test/predict loaders; ``None`` uses
+            ``batch_size``.
+        num_workers: DataLoader worker processes (persistent when > 0).
+        val_split: Training images held out for validation, as a count (int) or a fraction in
+            ``[0, 1)`` (float), chosen by a generator seeded with ``seed``. ``0`` validates on
+            the test split. Validation images are never augmented.
+        seed: Seed for the validation split and ``train_subset``.
+        download: If the files are missing, download them with torchvision in
+            :meth:`prepare_data`.
+        train_subset: Train on only this many images, class-balanced, chosen by the seeded
+            generator from the images left after the validation split. ``None`` uses all.
+        augment: ``"batch"`` for the fast in-memory path with augmentation on the whole batch
+            in :meth:`on_after_batch_transfer`, ``"pil"`` for per-sample torchvision
+            transforms in the DataLoader.
+        channels_last: Return images in ``torch.channels_last`` memory format.
+        pin_memory: Passed to the DataLoaders.
+        drop_last: Drop the last incomplete training batch (training loader only).
+
+    Raises:
+        ValueError: If an argument is out of range.
+        TypeError: If ``val_split`` is neither int nor float.
+    """
+
+    layout: ClassVar[CifarLayout]
+    mean: ClassVar[tuple[float, float, float]]
+    std: ClassVar[tuple[float, float, float]]
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_split: int | float = 0,
+        seed: int = 0,
+        download: bool = False,
+        train_subset: int | None = None,
+        augment: Literal["batch", "pil"] = "batch",
+        channels_last: bool = False,
+        pin_memory: bool = False,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if type(self) is CIFARDataModuleBase:
+            raise TypeError(
+                "CIFARDataModuleBase is abstract; use CIFAR10DataModule or CIFAR100DataModule"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1 or None, got {eval_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if isinstance(val_split, bool) or not isinstance(val_split, int | float):
+            raise TypeError(
+                f"val_split must be an int count or a float fraction, got {val_split!r}"
+            )
+        if isinstance(val_split, float) and not 0.0 <= val_split < 1.0:
+            raise ValueError(
+                f"val_split as a float is a fraction and must be in [0, 1), got {val_split}"
+            )
+        if isinstance(val_split, int) and val_split < 0:
+            raise ValueError(f"val_split as an int is a count and must be >= 0, got {val_split}")
+        if train_subset is not None and train_subset < 1:
+            raise ValueError(f"train_subset must be >= 1 or None, got {train_subset}")
+        if augment not in ("batch", "pil"):
+            raise ValueError(f"augment must be 'batch' or 'pil', got {augment!r}")
+        self.save_hyperparameters()
+
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
+        self.num_workers = num_workers
+        self.val_split = val_split
+        self.seed = seed
+        self.download = download
+        self.train_subset = train_subset
+        self.augment = augment
+        self.channels_last = channels_last
+        self.pin_memory = pin_memory
+        self.drop_last = drop_last
+
+        self.train_dataset: CifarDataset | None = None
+        self.val_dataset: CifarDataset | None = None
+        self.test_dataset: CifarDataset | None = None
+        self._class_names: list[str] | None = None
+        self._norm_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (10 or 100)."""
+        return self.layout.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names from the meta file, indexed by label (reads the file on first use)."""
+        if self._class_names is None:
+            folder = resolve_cifar_dir(self.data_dir, self.layout)
+            self._class_names = read_cifar_class_names(folder, self.layout)
+        return self._class_names
+
+    # ------------------------------------------------------------------ data
+    @override
+    def prepare_data(self) -> None:
+        """Download through torchvision when ``download=True`` and the files are missing.
+
+        Lightning calls this on one process per node. The downloaded folder is afterwards
+        read like any other copy (see :meth:`setup`).
+        """
+        if not self.download or find_cifar_dir(self.data_dir, self.layout) is not None:
+            return
+        from torchvision import datasets
+
+        root = Path(self.data_dir).expanduser()
+        if root.name == self.layout.folder:
+            root = root.parent
+        dataset_cls = getattr(datasets, self.layout.torchvision_class)
+        for train in (True, False):
+            dataset_cls(root=str(root), train=train, download=True)
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Load the splits that ``stage`` needs (idempotent).
+
+        Args:
+            stage: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
+        """
+        needs_train = stage in ("fit", "validate")
+        needs_test = stage in ("test", "predict") or (needs_train and self._val_on_test)
+        folder = resolve_cifar_dir(self.data_dir, self.layout)
+        if needs_train and self.train_dataset is None:
+            images, targets = read_cifar_split(folder, self.layout, train=True)
+            self._setup_train_val(images, targets)
+        if needs_test and self.test_dataset is None:
+            images, targets = read_cifar_split(folder, self.layout, train=False)
+            self.test_dataset = self._make_dataset(images, targets, train=False)
+        if self._val_on_test and self.val_dataset is None and self.test_dataset is not None:
+            self.val_dataset = self.test_dataset
+
+    @property
+    def _val_on_test(self) -> bool:
+        return self.val_split == 0
+
+    def _setup_train_val(self, images: Tensor, targets: Tensor) -> None:
+        """Split the training images into train/val and apply ``train_subset``."""
+        n = targets.numel()
+        generator = torch.Generator().manual_seed(self.seed)
+        n_val = _num_val(self.val_split, n)
+        perm = torch.randperm(n, generator=generator)
+        val_idx = perm[:n_val].sort().values
+        train_idx = perm[n_val:].sort().values
+        if self.train_subset is not None:
+            pick = _class_balanced_subset(
+                targets[train_idx], self.train_subset, self.num_classes, generator
+            )
+            train_idx = train_idx[pick]
+        if n_val > 0:
+            self.val_dataset = self._make_dataset(images[val_idx], targets[val_idx], train=False)
+        self.train_dataset = self._make_dataset(images[train_idx], targets[train_idx], train=True)
+
+    def _make_dataset(self, images: Tensor, targets: Tensor, *, train: bool) -> CifarDataset:
+        if self.augment == "batch":
+            return UInt8ImageDataset(images.contiguous(), targets)
+        return PILImageDataset(images, targets, self.pil_transform(train=train))
+
+    def pil_transform(self, *, train: bool) -> transforms.Compose:
+        """The per-sample torchvision pipeline used by ``augment="pil"``.
+
+        Args:
+            train: Include ``RandomCrop(32, padding=4)`` and ``RandomHorizontalFlip()``.
+
+        Returns:
+            Transform from a PIL image to a normalised float tensor ``(3, 32, 32)``.
+        """
+        steps: list[Any] = []
+        if train:
+            steps += [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+        steps += [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
+        return transforms.Compose(steps)
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset: CifarDataset | None, split: str, *, train: bool) -> DataLoader[Any]:
+        if dataset is None:
+            stage = "'fit'" if split == "train" else "the matching stage"
+            raise RuntimeError(
+                f"no {split} dataset: call setup({stage}) before {split}_dataloader()"
+            )
+        batch_size = self.batch_size if train else self.eval_batch_size
+        if train and self.drop_last and len(dataset) < batch_size:
+            raise ValueError(
+                f"the training set has {len(dataset)} images, fewer than batch_size="
+                f"{batch_size}, and drop_last=True would yield no batch; lower batch_size or "
+                "set drop_last=False"
+            )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and self.drop_last,
+            num_workers=self.num_workers,
+            collate_fn=collate_uint8_batch if self.augment == "batch" else None,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @override
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Shuffled training batches (Lightning adds a ``DistributedSampler`` under DDP)."""
+        return self._loader(self.train_dataset, "train", train=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader[Any]:
+        """Validation batches: the held-out split, or the test split when ``val_split=0``."""
+        return self._loader(self.val_dataset, "val", train=False)
+
+    @override
+    def test_dataloader(self) -> DataLoader[Any]:
+        """Test-split batches."""
+        return self._loader(self.test_dataset, "test", train=False)
+
+    @override
+    def predict_dataloader(self) -> DataLoader[Any]:
+        """Test-split batches, for ``trainer.predict``."""
+        return self._loader(self.test_dataset, "test", train=False)
+
+    # ------------------------------------------------------------------ batch transforms
+    def transform_batch(self, batch: list[Tensor], *, train: bool) -> list[Tensor]:
+        """Turn a ``uint8`` batch into model input, on the batch's device.
+
+        Args:
+            batch: ``[images, targets]``: ``uint8`` ``(B, 3, 32, 32)`` and int64 ``(B,)``.
+            train: Apply :func:`random_crop_flip` (pad 4, per-sample offsets and flips, from
+                torch's global RNG on the batch's device) before normalising.
+
+        Returns:
+            ``[images, targets]``: float32 ``(B, 3, 32, 32)`` normalised with the dataset's
+            mean/std (``channels_last`` if requested) and int64 ``(B,)``.
+
+        Raises:
+            TypeError: If the images are not ``uint8``.
+        """
+        images, targets = batch[0], batch[1]
+        if images.dtype != torch.uint8:
+            raise TypeError(
+                f"transform_batch expects uint8 images (augment='batch'), got {images.dtype}"
+            )
+        if train:
+            images = random_crop_flip(images, padding=4)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        scale, shift = self._normalize_constants(images.device)
+        out = torch.addcmul(shift, images.float(), scale)  # (B, 3, 32, 32), float32
+        return [out, targets.long()]
+
+    def _normalize_constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if device not in self._norm_cache:
+            self._norm_cache[device] = normalize_constants(self.mean, self.std, device=device)
+        return self._norm_cache[device]
+
+    @override
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment (training only) and normalise the batch on the accelerator.
+
+        With ``augment="batch"``: training batches (``trainer.training``) get
+        :meth:`transform_batch` with ``train=True``; every other batch, and any batch when no
+        trainer is attached, is only normalised. With ``augment="pil"`` the images are already
+        float and are only converted to ``channels_last`` if requested.
+
+        Args:
+            batch: ``[images, targets]`` from the DataLoader, already on the device.
+            dataloader_idx: Index of the DataLoader (unused).
+
+        Returns:
+            ``[images, targets]``: float32 ``(B, 3, 32, 32)`` and int64 ``(B,)``.
+        """
+        if self.augment == "pil":
+            if self.channels_last:
+                batch = [batch[0].contiguous(memory_format=torch.channels_last), batch[1]]
+            return batch
+        trainer = self.trainer
+        training = trainer is not None and bool(trainer.training)
+        return self.transform_batch(batch, train=training)
+
+
+class CIFAR10DataModule(CIFARDataModuleBase):
+    """CIFAR-10: 50,000 train / 10,000 test images, 10 classes.
+
+    See :class:`CIFARDataModuleBase` for the arguments. ``data_dir`` is the folder that holds
+    ``cifar-10-batches-py``, or that folder itself.
+    """
+
+    layout = CIFAR10_LAYOUT
+    mean = CIFAR10_MEAN
+    std = CIFAR10_STD
+
+
+class CIFAR100DataModule(CIFARDataModuleBase):
+    """CIFAR-100 with fine labels: 50,000 train / 10,000 test images, 100 classes.
+
+    See :class:`CIFARDataModuleBase` for the arguments. ``data_dir`` is the folder that holds
+    ``cifar-100-python``, or that folder itself.
+    """
+
+    layout = CIFAR100_LAYOUT
+    mean = CIFAR100_MEAN
+    std = CIFAR100_STD

@@ -1,0 +1,158 @@
+"""The small base class every lightning-kd module shares.
+
+A subclass supplies the algorithm through one override point, :meth:`compute_losses`; the
+base logs what it returns, builds the optimizer over trainable parameters only, and runs the
+evaluation loops from :meth:`evaluate`.
+"""
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+Batch = Sequence[Tensor]
+
+
+def sgd(params: Iterable[Any]) -> torch.optim.Optimizer:
+    """Default optimizer: SGD, lr 0.05, momentum 0.9, weight decay 5e-4 (the CIFAR KD recipe)."""
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+class LightningKDModule(L.LightningModule):
+    """Base of all lightning-kd modules.
+
+    Subclasses implement :meth:`compute_losses` (training) and :meth:`evaluate` (validation and
+    test) and name the network that :meth:`export` writes in :meth:`exported_model`.
+
+    Args:
+        optimizer: callable that builds the optimizer from the trainable parameters; in YAML a
+            ``class_path``/``init_args`` pair such as ``torch.optim.SGD`` with its arguments.
+        scheduler: optional callable that builds an LR scheduler from the optimizer.
+        scheduler_interval: step the scheduler every ``"epoch"`` or every optimizer ``"step"``.
+        channels_last: convert the networks to channels-last memory format (faster convolutions
+            with ``bf16-mixed`` on CPUs with AMX and on tensor-core GPUs).
+    """
+
+    #: Names of the per-sample values :meth:`evaluate` returns; each is averaged over the
+    #: evaluation set with a ``torchmetrics.MeanMetric`` and logged as ``val/<name>``.
+    eval_metric_names: ClassVar[tuple[str, ...]] = ("loss", "acc", "acc_top5")
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = sgd,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(
+                f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
+            )
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.channels_last = channels_last
+        self.eval_metrics = nn.ModuleDict(
+            {
+                f"{stage}_{name}": MeanMetric()
+                for stage in ("val", "test")
+                for name in self.eval_metric_names
+            }
+        )
+
+    # ------------------------------------------------------------------ override points
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Compute the training objective for one batch.
+
+        Returns:
+            A dict with ``"loss"`` (the scalar that is minimised) plus any named scalars (loss
+            parts, accuracies); every entry is logged as ``train/<name>``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_losses(batch)")
+
+    def evaluate(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-sample evaluation values, ``(B,)`` each, keyed by :attr:`eval_metric_names`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement evaluate(batch)")
+
+    def exported_model(self) -> nn.Module:
+        """The network a user deploys after training (e.g. the student)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement exported_model()")
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        losses = self.compute_losses(batch)
+        if "loss" not in losses:
+            raise KeyError(f"compute_losses must return a 'loss' entry, got keys {sorted(losses)}")
+        batch_size = _batch_size(batch)
+        for name, value in losses.items():
+            self.log(
+                f"train/{name}",
+                value.detach(),
+                on_step=True,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+            )
+        return losses["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Logits of :meth:`exported_model` for the batch's inputs, ``(B, C)``."""
+        return self.exported_model()(batch[0])
+
+    def _evaluation_step(self, batch: Batch, stage: str) -> None:
+        values = self.evaluate(batch)
+        unknown = set(values) - set(self.eval_metric_names)
+        if unknown:
+            raise KeyError(
+                f"evaluate returned {sorted(unknown)}, which are not in eval_metric_names "
+                f"{self.eval_metric_names}"
+            )
+        for name, value in values.items():
+            metric = self.eval_metrics[f"{stage}_{name}"]
+            assert isinstance(metric, MeanMetric)
+            metric.update(value.detach().float())
+            self.log(
+                f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc"
+            )
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the optimizer sees: every parameter with ``requires_grad``."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
+
+    def export(self, path: str | Path) -> Path:
+        """Save :meth:`exported_model`'s ``state_dict`` alone to ``path`` and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.exported_model().state_dict(), path)
+        return path
+
+
+def _batch_size(batch: Batch) -> int:
+    return int(batch[0].shape[0])

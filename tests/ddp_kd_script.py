@@ -1,0 +1,57 @@
+"""Run by test_ddp.py: KD with strategy="ddp" on 2 CPU processes (gloo).
+
+Usage: python ddp_kd_script.py OUT_DIR. Each rank writes ``rank<r>.pt`` with its student and
+teacher state dicts, the initial teacher state and the indices of the samples it saw.
+"""
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from tiny import TinyData, TinyNet
+from torch import Tensor
+
+from lightning_kd.modules import KDModule
+
+
+class RecordingKD(KDModule):
+    """KDModule that remembers the first pixel of every training image it saw."""
+
+    def compute_losses(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        self.seen.append(batch[0][:, 0, 0, 0].clone())
+        return super().compute_losses(batch)
+
+
+def main(out_dir: Path) -> None:
+    L.seed_everything(0)
+    teacher = TinyNet()
+    teacher_initial = {k: v.clone() for k, v in teacher.state_dict().items()}
+    module = RecordingKD(TinyNet(), teacher, temperature=4.0, alpha=0.1)
+    module.seen = []
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=4,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=TinyData(n=64, batch_size=4))
+    torch.save(
+        {
+            "student": module.student.state_dict(),
+            "teacher": module.teacher.state_dict(),
+            "teacher_initial": teacher_initial,
+            "seen": torch.cat(module.seen),
+            "global_step": trainer.global_step,
+        },
+        out_dir / f"rank{trainer.global_rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,558 @@
+"""Tests for lightning_kd.data: CIFAR readers and DataModules, batch augmentation, image folders."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fake_data import fake_images, write_fake_cifar10, write_image_folder
+from lightning.pytorch.utilities.data import _update_dataloader
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import transforms
+
+from lightning_kd.data import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    CIFARDataModuleBase,
+    ImageFolderDataModule,
+    UInt8ImageDataset,
+    collate_uint8_batch,
+    normalize,
+    random_crop_flip,
+)
+from lightning_kd.data.cifar import _class_balanced_subset
+from lightning_kd.data.cifar_files import CIFAR10_LAYOUT, read_cifar_split, resolve_cifar_dir
+
+
+def _image_keys(images: Tensor) -> list[bytes]:
+    """One hashable key per image ``(N, C, H, W)``."""
+    return [img.numpy().tobytes() for img in images]
+
+
+def _fit_dm(data_dir: Path, **kwargs: object) -> CIFAR10DataModule:
+    dm = CIFAR10DataModule(data_dir=str(data_dir), **kwargs)  # type: ignore[arg-type]
+    dm.setup("fit")
+    return dm
+
+
+def _rewrite(path: Path, **changes: object) -> None:
+    """Load a pickle, change some entries, write it back."""
+    with path.open("rb") as f:
+        content = pickle.load(f)
+    content.update(changes)
+    with path.open("wb") as f:
+        pickle.dump(content, f)
+
+
+@pytest.fixture
+def cifar10_copy(tmp_path: Path) -> Path:
+    """A private fake CIFAR-10 (parent folder) that a test may damage."""
+    write_fake_cifar10(tmp_path, n_train_per_batch=40, n_test=100, seed=0)
+    return tmp_path
+
+
+# --------------------------------------------------------------------------- reading files
+def test_read_cifar10_layout_exact_pixels_and_labels(cifar10_dir: Path) -> None:
+    folder = resolve_cifar_dir(cifar10_dir, CIFAR10_LAYOUT)
+    images, targets = read_cifar_split(folder, CIFAR10_LAYOUT, train=True)
+    assert images.shape == (200, 3, 32, 32) and images.dtype == torch.uint8
+    assert targets.dtype == torch.int64
+    labels = np.arange(200) % 10
+    assert torch.equal(targets, torch.from_numpy(labels))
+    assert torch.equal(images, torch.from_numpy(fake_images(labels, 10, size=32, seed=0)))
+
+    test_images, test_targets = read_cifar_split(folder, CIFAR10_LAYOUT, train=False)
+    assert test_images.shape == (100, 3, 32, 32)
+    assert torch.equal(test_targets, torch.arange(100) % 10)
+
+
+def test_cifar10_datamodule_sizes_and_class_names(cifar10_dir: Path) -> None:
+    dm = _fit_dm(cifar10_dir, batch_size=32)
+    assert dm.num_classes == 10
+    assert dm.class_names[0] == "airplane" and dm.class_names[9] == "truck"
+    assert isinstance(dm.train_dataset, UInt8ImageDataset) and len(dm.train_dataset) == 200
+    # val_split=0 validates on the test split.
+    assert dm.val_dataset is dm.test_dataset
+    assert dm.val_dataset is not None and len(dm.val_dataset) == 100
+    assert torch.equal(torch.bincount(dm.train_dataset.targets), torch.full((10,), 20))
+
+
+def test_cifar100_reads_fine_labels(cifar100_dir: Path) -> None:
+    dm = CIFAR100DataModule(data_dir=str(cifar100_dir), batch_size=50)
+    dm.setup("fit")
+    assert dm.num_classes == 100
+    assert dm.mean == CIFAR100_MEAN and dm.std == CIFAR100_STD
+    assert dm.class_names[:2] == ["fine_0", "fine_1"] and len(dm.class_names) == 100
+    assert isinstance(dm.train_dataset, UInt8ImageDataset)
+    assert torch.equal(dm.train_dataset.targets, torch.arange(300) % 100)
+    dm.setup("test")
+    assert dm.test_dataset is not None and len(dm.test_dataset) == 100
+    images, targets = next(iter(dm.test_dataloader()))
+    assert images.shape == (50, 3, 32, 32) and torch.equal(targets, torch.arange(50))
+
+
+def test_data_dir_parent_or_batches_folder(cifar10_dir: Path) -> None:
+    parent = _fit_dm(cifar10_dir)
+    direct = _fit_dm(cifar10_dir / "cifar-10-batches-py")
+    assert isinstance(parent.train_dataset, UInt8ImageDataset)
+    assert isinstance(direct.train_dataset, UInt8ImageDataset)
+    assert torch.equal(parent.train_dataset.images, direct.train_dataset.images)
+
+
+def test_num_classes_without_data() -> None:
+    assert CIFAR10DataModule().num_classes == 10
+    assert CIFAR100DataModule().num_classes == 100
+    with pytest.raises(TypeError, match="abstract"):
+        CIFARDataModuleBase()
+
+
+# --------------------------------------------------------------------------- file errors
+def test_missing_data_says_where_and_how(tmp_path: Path) -> None:
+    dm = CIFAR10DataModule(data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError) as info:
+        dm.setup("fit")
+    msg = str(info.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py" / "data_batch_1") in msg
+    assert str(tmp_path / "nowhere" / "data_batch_1") in msg
+    assert "download=True" in msg and "does not exist" in msg
+
+
+def test_folder_of_pngs_is_rejected(image_folder_dir: Path) -> None:
+    dm = CIFAR10DataModule(data_dir=str(image_folder_dir / "train" / "cat"))
+    with pytest.raises(FileNotFoundError) as info:
+        dm.setup("fit")
+    msg = str(info.value)
+    assert "cat_0.png" in msg and "ImageFolderDataModule" in msg
+
+
+def test_incomplete_folder_names_missing_file(cifar10_copy: Path) -> None:
+    (cifar10_copy / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(FileNotFoundError, match="missing test_batch"):
+        _fit_dm(cifar10_copy)
+
+
+def test_bad_label_names_file_and_label(cifar10_copy: Path) -> None:
+    path = cifar10_copy / "cifar-10-batches-py" / "data_batch_3"
+    _rewrite(path, labels=[0] * 39 + [10])
+    with pytest.raises(ValueError) as info:
+        _fit_dm(cifar10_copy)
+    msg = str(info.value)
+    assert str(path) in msg and "label 10 at index 39" in msg and "[0, 10)" in msg
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"data": np.zeros((40, 3000), dtype=np.uint8)}, r"shape \(N, 3072\).*got \(40, 3000\)"),
+        ({"data": np.zeros((40, 3072), dtype=np.float32)}, "dtype uint8, got float32"),
+        ({"labels": [0] * 39}, "40 images but 'labels' has shape"),
+        ({"data": [[0] * 3072] * 40}, "numpy array, got list"),
+    ],
+)
+def test_bad_batch_contents(cifar10_copy: Path, changes: dict[str, object], expected: str) -> None:
+    path = cifar10_copy / "cifar-10-batches-py" / "data_batch_2"
+    _rewrite(path, **changes)
+    with pytest.raises(ValueError, match=expected) as info:
+        _fit_dm(cifar10_copy)
+    assert "data_batch_2" in str(info.value)
+
+
+def test_unpicklable_file(cifar10_copy: Path) -> None:
+    (cifar10_copy / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x89PNG\r\n\x1a\nxxxx")
+    with pytest.raises(ValueError, match="data_batch_1 is not a readable CIFAR pickle"):
+        _fit_dm(cifar10_copy)
+
+
+def test_bad_meta(cifar10_copy: Path) -> None:
+    _rewrite(cifar10_copy / "cifar-10-batches-py" / "batches.meta", label_names=["a"] * 9)
+    dm = CIFAR10DataModule(data_dir=str(cifar10_copy))
+    with pytest.raises(ValueError, match="should list 10 class names, got 9 entries"):
+        _ = dm.class_names
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "expected"),
+    [
+        ({"val_split": 1.5}, ValueError, r"in \[0, 1\), got 1.5"),
+        ({"val_split": -1}, ValueError, "must be >= 0, got -1"),
+        ({"val_split": "0.1"}, TypeError, "got '0.1'"),
+        ({"val_split": True}, TypeError, "got True"),
+        ({"augment": "gpu"}, ValueError, "'batch' or 'pil', got 'gpu'"),
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
+        ({"train_subset": 0}, ValueError, "train_subset must be >= 1 or None, got 0"),
+    ],
+)
+def test_constructor_errors(kwargs: dict[str, object], error: type, expected: str) -> None:
+    with pytest.raises(error, match=expected):
+        CIFAR10DataModule(**kwargs)  # type: ignore[arg-type]
+
+
+def test_setup_errors_that_need_the_data(cifar10_dir: Path) -> None:
+    with pytest.raises(ValueError, match="holds out 200 of 200"):
+        _fit_dm(cifar10_dir, val_split=200)
+    with pytest.raises(ValueError, match="holds out no image of 200"):
+        _fit_dm(cifar10_dir, val_split=0.001)
+    with pytest.raises(ValueError, match="train_subset=300 is larger than the 200"):
+        _fit_dm(cifar10_dir, train_subset=300)
+    dm = _fit_dm(cifar10_dir, batch_size=256)
+    with pytest.raises(ValueError, match="has 200 images, fewer than batch_size=256"):
+        dm.train_dataloader()
+    assert len(_fit_dm(cifar10_dir, batch_size=256, drop_last=False).train_dataloader()) == 1
+
+
+# --------------------------------------------------------------------------- splits
+@pytest.mark.parametrize(("val_split", "n_val"), [(50, 50), (0.25, 50), (0.1, 20)])
+def test_val_split_sizes_disjoint_and_seeded(
+    cifar10_dir: Path, val_split: float, n_val: int
+) -> None:
+    dm = _fit_dm(cifar10_dir, val_split=val_split, seed=3)
+    train, val = dm.train_dataset, dm.val_dataset
+    assert isinstance(train, UInt8ImageDataset) and isinstance(val, UInt8ImageDataset)
+    assert len(val) == n_val and len(train) == 200 - n_val
+    train_keys, val_keys = set(_image_keys(train.images)), set(_image_keys(val.images))
+    assert not train_keys & val_keys
+    full = resolve_cifar_dir(cifar10_dir, CIFAR10_LAYOUT)
+    assert train_keys | val_keys == set(
+        _image_keys(read_cifar_split(full, CIFAR10_LAYOUT, train=True)[0])
+    )
+
+    again = _fit_dm(cifar10_dir, val_split=val_split, seed=3).val_dataset
+    other = _fit_dm(cifar10_dir, val_split=val_split, seed=4).val_dataset
+    assert isinstance(again, UInt8ImageDataset) and isinstance(other, UInt8ImageDataset)
+    assert torch.equal(again.images, val.images)
+    assert not torch.equal(other.images, val.images)
+
+
+def test_train_subset_is_class_balanced_and_seeded(cifar10_dir: Path) -> None:
+    dm = _fit_dm(cifar10_dir, train_subset=50, val_split=40, seed=1)
+    train, val = dm.train_dataset, dm.val_dataset
+    assert isinstance(train, UInt8ImageDataset) and isinstance(val, UInt8ImageDataset)
+    assert len(train) == 50 and len(val) == 40  # subset drawn from what val left over
+    assert torch.equal(torch.bincount(train.targets, minlength=10), torch.full((10,), 5))
+    assert not set(_image_keys(train.images)) & set(_image_keys(val.images))
+
+    uneven = _fit_dm(cifar10_dir, train_subset=55, seed=1).train_dataset
+    assert isinstance(uneven, UInt8ImageDataset)
+    counts = torch.bincount(uneven.targets, minlength=10)
+    assert sorted(counts.tolist()) == [5] * 5 + [6] * 5
+
+    same = _fit_dm(cifar10_dir, train_subset=50, val_split=40, seed=1).train_dataset
+    other = _fit_dm(cifar10_dir, train_subset=50, val_split=40, seed=2).train_dataset
+    assert isinstance(same, UInt8ImageDataset) and isinstance(other, UInt8ImageDataset)
+    assert torch.equal(same.images, train.images)
+    assert not torch.equal(other.images, train.images)
+
+
+def test_class_balanced_subset_rejects_short_class() -> None:
+    targets = torch.tensor([0] * 10 + [1] * 2)
+    with pytest.raises(ValueError, match="needs 4 images of class 1, but only 2"):
+        _class_balanced_subset(targets, 8, 2, torch.Generator().manual_seed(0))
+
+
+# --------------------------------------------------------------------------- batch augmentation
+def _find_windows(out: Tensor, image: Tensor, padding: int) -> list[tuple[int, int, bool]]:
+    """All (dy, dx, flipped) whose window of the zero-padded image equals ``out``."""
+    padded = F.pad(image, (padding,) * 4)
+    size = image.shape[-1]
+    found = []
+    for dy in range(2 * padding + 1):
+        for dx in range(2 * padding + 1):
+            window = padded[:, dy : dy + size, dx : dx + size]
+            for flipped in (False, True):
+                if torch.equal(out, window.flip(-1) if flipped else window):
+                    found.append((dy, dx, flipped))
+    return found
+
+
+def test_random_crop_flip_is_a_window_of_the_padded_input() -> None:
+    images = torch.randint(
+        0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    out = random_crop_flip(images, padding=4, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.uint8
+    params = []
+    for i in range(64):
+        matches = _find_windows(out[i], images[i], padding=4)
+        assert len(matches) == 1, f"sample {i}: {matches}"
+        params.append(matches[0])
+    flips = [p[2] for p in params]
+    assert 10 < sum(flips) < 54  # about half flipped
+    offsets = {(p[0], p[1]) for p in params}
+    assert len(offsets) > 20  # per-sample offsets, not one per batch
+    assert {p[0] for p in params} >= {0, 8} or {p[1] for p in params} >= {0, 8}
+
+    again = random_crop_flip(images, padding=4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again, out)
+
+
+def test_random_crop_flip_global_rng_and_padding_zero() -> None:
+    images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
+    torch.manual_seed(5)
+    first = random_crop_flip(images)
+    torch.manual_seed(5)
+    assert torch.equal(random_crop_flip(images), first)
+
+    flipped_only = random_crop_flip(images, padding=0, generator=torch.Generator().manual_seed(0))
+    is_same = (flipped_only == images).flatten(1).all(1)
+    is_flip = (flipped_only == images.flip(-1)).flatten(1).all(1)
+    assert bool((is_same | is_flip).all()) and is_same.any() and is_flip.any()
+    with pytest.raises(ValueError, match="padding must be an int >= 0, got -1"):
+        random_crop_flip(images, padding=-1)
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\), got \(3, 8, 8\)"):
+        random_crop_flip(images[0])
+
+
+def test_normalize_known_values() -> None:
+    mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
+    zeros = normalize(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), CIFAR10_MEAN, CIFAR10_STD)
+    assert zeros.dtype == torch.float32
+    torch.testing.assert_close(zeros[1, :, 2, 3], -mean / std)
+    full = normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), CIFAR10_MEAN, CIFAR10_STD)
+    torch.testing.assert_close(full[0, :, 0, 0], (1 - mean) / std)
+
+    image = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    pil = transforms.ToPILImage()(image[0])
+    reference = transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)(transforms.ToTensor()(pil))
+    torch.testing.assert_close(normalize(image, CIFAR10_MEAN, CIFAR10_STD)[0], reference)
+
+    cl = normalize(image.contiguous(memory_format=torch.channels_last), CIFAR10_MEAN, CIFAR10_STD)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="4 channels but mean/std have 3"):
+        normalize(torch.zeros(1, 4, 2, 2, dtype=torch.uint8), CIFAR10_MEAN, CIFAR10_STD)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        normalize(image, CIFAR10_MEAN, (0.2, 0.0, 0.2))
+
+
+# --------------------------------------------------------------------------- batch hook
+def test_on_after_batch_transfer_eval_and_train(cifar10_dir: Path) -> None:
+    dm = _fit_dm(cifar10_dir, batch_size=32, channels_last=True)
+    raw = next(iter(dm.val_dataloader()))
+    assert raw[0].dtype == torch.uint8 and raw[0].shape == (32, 3, 32, 32)
+
+    # No trainer attached: evaluation, deterministic.
+    eval_a = dm.on_after_batch_transfer([t.clone() for t in raw], 0)
+    eval_b = dm.on_after_batch_transfer([t.clone() for t in raw], 0)
+    assert torch.equal(eval_a[0], eval_b[0])
+    torch.testing.assert_close(eval_a[0], normalize(raw[0], CIFAR10_MEAN, CIFAR10_STD))
+    assert eval_a[0].is_contiguous(memory_format=torch.channels_last)
+    assert eval_a[1].dtype == torch.int64 and torch.equal(eval_a[1], raw[1])
+
+    dm.trainer = SimpleNamespace(training=True)  # type: ignore[assignment]
+    torch.manual_seed(0)
+    train = dm.on_after_batch_transfer([t.clone() for t in raw], 0)
+    assert train[0].dtype == torch.float32 and train[0].shape == (32, 3, 32, 32)
+    assert train[0].is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(train[0], eval_a[0])
+    # Undoing the normalisation gives integer pixels: crop/flip ran on uint8, then normalise.
+    pixels = (
+        train[0] * torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+        + torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    ) * 255
+    torch.testing.assert_close(pixels, pixels.round(), atol=1e-3, rtol=0)
+    assert len(_find_windows(pixels[0].round().to(torch.uint8), raw[0][0], padding=4)) == 1
+    torch.manual_seed(0)
+    assert torch.equal(dm.on_after_batch_transfer([t.clone() for t in raw], 0)[0], train[0])
+
+
+class _RecordingModel(pl.LightningModule):
+    """Tiny classifier that records what its steps receive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+        self.seen: dict[str, list[Tensor]] = {"train": [], "val": []}
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        self.seen["train"].append(batch[0].detach().clone())
+        return F.cross_entropy(self.net(batch[0]), batch[1])
+
+    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self.seen["val"].append(batch[0].detach().clone())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_trainer_uses_the_datamodule_hook(cifar10_dir: Path) -> None:
+    dm = CIFAR10DataModule(data_dir=str(cifar10_dir), batch_size=50, eval_batch_size=20)
+    model = _RecordingModel()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert len(model.seen["train"]) == 2 and len(model.seen["val"]) == 1
+    assert all(x.dtype == torch.float32 and x.shape == (50, 3, 32, 32) for x in model.seen["train"])
+    # The fake pixels are never 0, so 0 after un-normalising can only be crop padding: training
+    # batches were augmented (offsets off-centre for 80 of 81 draws), validation ones were not.
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    train_pixels = ((torch.cat(model.seen["train"]) * std + mean) * 255).round()
+    val_pixels = ((model.seen["val"][0] * std + mean) * 255).round()
+    assert (train_pixels == 0).flatten(1).any(1).float().mean() > 0.8
+    assert not (val_pixels == 0).any()
+    # Validation = first 20 test images (unshuffled), only normalised.
+    test_images = torch.from_numpy(fake_images(np.arange(20) % 10, 10, size=32, seed=1))
+    expected = normalize(test_images, CIFAR10_MEAN, CIFAR10_STD)
+    torch.testing.assert_close(model.seen["val"][0], expected)
+
+
+def test_pil_path_matches_batch_path_in_eval(cifar10_dir: Path) -> None:
+    fast = _fit_dm(cifar10_dir, batch_size=40, augment="batch", val_split=40)
+    pil = _fit_dm(cifar10_dir, batch_size=40, augment="pil", val_split=40)
+    fast_val = fast.on_after_batch_transfer(next(iter(fast.val_dataloader())), 0)
+    pil_val = pil.on_after_batch_transfer(next(iter(pil.val_dataloader())), 0)
+    assert pil_val[0].dtype == torch.float32
+    torch.testing.assert_close(pil_val[0], fast_val[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(pil_val[1], fast_val[1])
+
+    images, targets = next(iter(pil.train_dataloader()))
+    assert images.shape == (40, 3, 32, 32) and images.dtype == torch.float32
+    assert targets.dtype == torch.int64
+
+
+# --------------------------------------------------------------------------- loaders
+def test_fast_path_with_worker_processes(cifar10_dir: Path) -> None:
+    pickle.dumps(collate_uint8_batch)
+    dm = _fit_dm(cifar10_dir, batch_size=64, num_workers=2, drop_last=False)
+    batches = list(dm.train_dataloader())
+    assert [len(b[1]) for b in batches] == [64, 64, 64, 8]
+    assert all(b[0].dtype == torch.uint8 for b in batches)
+    targets = torch.cat([b[1] for b in batches])
+    assert torch.equal(torch.bincount(targets), torch.full((10,), 20))
+
+
+def test_distributed_sampler_gives_disjoint_shards(cifar10_dir: Path) -> None:
+    dm = _fit_dm(cifar10_dir, batch_size=20)
+    loader = dm.train_dataloader()
+    dataset = loader.dataset
+    assert isinstance(dataset, UInt8ImageDataset)
+    shards = []
+    for rank in range(2):
+        sampler: DistributedSampler[int] = DistributedSampler(
+            dataset, num_replicas=2, rank=rank, shuffle=True, seed=0
+        )
+        sharded = _update_dataloader(loader, sampler)
+        assert isinstance(sharded, DataLoader) and sharded.collate_fn is collate_uint8_batch
+        images = torch.cat([b[0] for b in sharded])
+        assert images.shape == (100, 3, 32, 32)
+        shards.append(set(_image_keys(images)))
+    assert not shards[0] & shards[1]
+    assert shards[0] | shards[1] == set(_image_keys(dataset.images))
+
+
+def test_collate_accepts_samples_list() -> None:
+    samples = [(torch.zeros(3, 4, 4, dtype=torch.uint8), torch.tensor(k)) for k in range(3)]
+    images, targets = collate_uint8_batch(samples)
+    assert images.shape == (3, 3, 4, 4) and torch.equal(targets, torch.arange(3))
+
+
+# --------------------------------------------------------------------------- download
+def test_download_uses_torchvision_only_when_missing(
+    tmp_path: Path, cifar10_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, bool]] = []
+
+    class FakeCIFAR10:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            assert download
+            calls.append((root, train))
+            write_fake_cifar10(root, n_train_per_batch=4, n_test=10)
+
+    monkeypatch.setattr("torchvision.datasets.CIFAR10", FakeCIFAR10)
+    present = CIFAR10DataModule(data_dir=str(cifar10_dir), download=True)
+    present.prepare_data()
+    assert calls == []
+
+    target = tmp_path / "cifar-10-batches-py"  # the batches folder itself, not there yet
+    dm = CIFAR10DataModule(data_dir=str(target), download=True, batch_size=4)
+    dm.prepare_data()
+    assert calls == [(str(tmp_path), True), (str(tmp_path), False)]
+    dm.setup("fit")
+    assert dm.train_dataset is not None and len(dm.train_dataset) == 20
+
+
+# --------------------------------------------------------------------------- CLI construction
+def test_jsonargparse_builds_the_datamodule(cifar10_dir: Path) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(CIFAR10DataModule, "data")
+    cfg = parser.parse_args(
+        [f"--data.data_dir={cifar10_dir}", "--data.val_split=0.1", "--data.augment=pil"]
+    )
+    dm = parser.instantiate_classes(cfg).data
+    assert isinstance(dm, CIFAR10DataModule)
+    assert dm.val_split == 0.1 and dm.augment == "pil" and dm.hparams["val_split"] == 0.1
+
+
+# --------------------------------------------------------------------------- image folders
+def test_image_folder_datamodule(image_folder_dir: Path) -> None:
+    dm = ImageFolderDataModule(
+        str(image_folder_dir), batch_size=4, num_workers=0, image_size=32, resize_size=36
+    )
+    assert dm.num_classes == 3 and dm.classes == ["cat", "dog", "ship"]
+    dm.setup("fit")
+    assert dm.train_dataset is not None and len(dm.train_dataset) == 12
+    assert dm.val_dataset is not None and len(dm.val_dataset) == 6
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+    assert targets.dtype == torch.int64
+    val = list(dm.val_dataloader())
+    assert [b[0].shape for b in val] == [(4, 3, 32, 32), (2, 3, 32, 32)]
+    assert torch.equal(torch.cat([b[1] for b in val]), torch.tensor([0, 0, 1, 1, 2, 2]))
+    # Evaluation is deterministic and normalised with the ImageNet constants.
+    again = next(iter(dm.val_dataloader()))[0]
+    assert torch.equal(again, val[0][0])
+    assert abs(float(val[0][0].mean())) < 3
+
+
+def test_image_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"does not exist.*\{train,val\}"):
+        _ = ImageFolderDataModule(str(tmp_path / "missing")).num_classes
+
+    write_image_folder(tmp_path / "a", n_train_per_class=1, n_val_per_class=1)
+    shutil.rmtree(tmp_path / "a" / "val")
+    with pytest.raises(FileNotFoundError, match=r"a/val does not exist"):
+        ImageFolderDataModule(str(tmp_path / "a")).setup("fit")
+
+    write_image_folder(tmp_path / "b", n_train_per_class=1, n_val_per_class=1)
+    for png in (tmp_path / "b" / "train" / "dog").iterdir():
+        png.unlink()
+    (tmp_path / "b" / "train" / "dog" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=r"class folder .*train/dog holds no image"):
+        _ = ImageFolderDataModule(str(tmp_path / "b")).num_classes
+
+    (tmp_path / "c" / "train").mkdir(parents=True)
+    (tmp_path / "c" / "val").mkdir()
+    with pytest.raises(FileNotFoundError, match="no class sub-folders"):
+        _ = ImageFolderDataModule(str(tmp_path / "c")).num_classes
+
+    write_image_folder(tmp_path / "d", classes=("cat", "dog"), n_train_per_class=1)
+    write_image_folder(tmp_path / "e", classes=("cat", "eel"), n_train_per_class=1)
+    shutil.rmtree(tmp_path / "d" / "val")
+    shutil.copytree(tmp_path / "e" / "val", tmp_path / "d" / "val")
+    with pytest.raises(ValueError, match=r"only in train: \['dog'\], only in val: \['eel'\]"):
+        _ = ImageFolderDataModule(str(tmp_path / "d")).num_classes
+
+    with pytest.raises(ValueError, match="image_size=64, resize_size=32"):
+        ImageFolderDataModule(str(tmp_path), image_size=64, resize_size=32)

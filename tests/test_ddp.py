@@ -1,0 +1,40 @@
+"""DDP on 2 CPU processes (gloo): identical students, untouched teachers, distinct data."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).parent
+
+
+def test_kd_ddp_two_processes(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "ddp_kd_script.py"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["global_step"] == ranks[1]["global_step"] == 4
+    # Weights are identical. (BatchNorm running statistics are per rank in DDP: each rank's
+    # last forward updates its own, and DDP re-broadcasts rank 0's at the next forward.)
+    for key, value in ranks[0]["student"].items():
+        if "running" not in key:
+            assert torch.equal(value, ranks[1]["student"][key]), key
+    for rank in ranks:
+        for key, value in rank["teacher_initial"].items():
+            assert torch.equal(rank["teacher"][key], value), key
+    # The student did move, and each rank saw different images.
+    assert not torch.equal(ranks[0]["student"]["fc.weight"], ranks[0]["teacher"]["fc.weight"])
+    seen0, seen1 = set(ranks[0]["seen"].tolist()), set(ranks[1]["seen"].tolist())
+    assert len(seen0) == len(seen1) == 16
+    assert not seen0 & seen1
