@@ -19,12 +19,8 @@ Prints a markdown table and writes it to ``benchmarks/results/data_throughput.md
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import itertools
 import os
-import platform
-import shlex
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from report import busy, load_average, write_result
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -107,33 +104,6 @@ def measure(
     )
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo, or the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    """The 1/5/15-minute load averages, as text."""
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-def _busy() -> bool:
-    """Whether the 1-minute load average exceeds the number of cores."""
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1)
-    except OSError:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="../shared/data", help="relative to the repo root")
@@ -149,13 +119,10 @@ def main() -> None:
         default=[torch.get_num_threads(), 1],
         help="torch.set_num_threads values to try in the main process",
     )
-    parser.add_argument(
-        "--output", default="benchmarks/results/data_throughput.md", help="relative to repo root"
-    )
     args = parser.parse_args()
     data_dir = (REPO_ROOT / args.data_dir).resolve()
 
-    busy_before = _busy()
+    busy_before = busy()
     load_before = load_average()
     results = []
     for threads, augment, workers in itertools.product(
@@ -176,20 +143,12 @@ def main() -> None:
             flush=True,
         )
         results.append(r)
-    load_after = load_average()
 
     fast = {(r.threads, r.num_workers): r.images_per_s for r in results if r.augment == "batch"}
     lines = [
-        "# CIFAR-10 training-input throughput",
-        "",
-        f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}` (from the repo root)",
-        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} cores, no GPU",
-        f"- load average (1/5/15 min) before: {load_before}, after: {load_after}",
-        f"- torch {torch.__version__}, Python {platform.python_version()}",
-        f"- data: {data_dir / 'cifar-10-batches-py'} (50,000 train images), "
+        f"Data: {data_dir / 'cifar-10-batches-py'} (50,000 train images), "
         f"batch size {args.batch_size}, up to {args.max_batches} batches or "
-        f"{args.max_seconds:g} s per row after {args.warmup} warm-up batches",
+        f"{args.max_seconds:g} s per row after {args.warmup} warm-up batches.",
         "",
         "Each row iterates the training DataLoader and, for `batch`, applies the training "
         "transform of `on_after_batch_transfer` (pad-4 random crop, flip, float, normalise) on "
@@ -209,7 +168,7 @@ def main() -> None:
             f"| {r.threads} | {r.augment} | {r.num_workers} | {r.setup_s:.2f} | {r.batches} | "
             f"{r.images} | {r.seconds:.2f} | {r.images_per_s:,.0f} | {ratio:.2f}x |"
         )
-    if busy_before or _busy():
+    if busy_before or busy():
         lines += [
             "",
             f"Note: the load average exceeded the {os.cpu_count()} cores during this run (other "
@@ -217,13 +176,12 @@ def main() -> None:
             "the `batch` rows with more than one torch thread hardest (many short parallel "
             "kernels per batch); the 1-thread rows are the better comparison on such a machine.",
         ]
-    table = "\n".join(lines) + "\n"
-    print()
-    print(table)
-    output = REPO_ROOT / args.output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(table)
-    print(f"wrote {output}")
+    body = "\n".join(lines)
+    print(body)
+    path = write_result(
+        "data_throughput", "CIFAR-10 training-input throughput", body, load_before=load_before
+    )
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

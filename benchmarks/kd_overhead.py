@@ -23,7 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from report import write_result
+from report import load_average, write_result
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
     args = parser.parse_args()
+    load_before = load_average()
 
     data = make_batches(args.data_dir, args.batch_size, args.steps)
     rows = []
@@ -169,7 +170,12 @@ def main() -> None:
             *rows,
         ]
     )
-    path = write_result("kd_overhead", "KD step overhead: Lightning vs hand-written loop", body)
+    path = write_result(
+        "kd_overhead",
+        "KD step overhead: Lightning vs hand-written loop",
+        body,
+        load_before=load_before,
+    )
     print(body)
     print(f"written to {path}")
 

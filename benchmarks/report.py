@@ -23,11 +23,28 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def header(title: str) -> str:
-    """Markdown header: title, command line, date, machine, software versions."""
+def load_average() -> str:
+    """The 1/5/15-minute load averages, as text (a busy machine distorts timings)."""
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def busy() -> bool:
+    """Whether the 1-minute load average exceeds the number of cores."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        return False
+
+
+def header(title: str, load_before: str | None = None) -> str:
+    """Markdown header: title, command line, date, machine, load, software versions."""
     import lightning
 
     command = shlex.join(["python", *sys.argv])
+    load = f"before {load_before}, after " if load_before is not None else ""
     return (
         "\n".join(
             [
@@ -39,6 +56,7 @@ def header(title: str) -> str:
                 f"torch threads {torch.get_num_threads()}, no GPU"
                 if not torch.cuda.is_available()
                 else f"- Machine: {torch.cuda.get_device_name()}",
+                f"- Load average (1/5/15 min): {load}{load_average()}",
                 f"- Software: Python {platform.python_version()}, torch {torch.__version__}, "
                 f"lightning {lightning.__version__}",
             ]
@@ -47,9 +65,9 @@ def header(title: str) -> str:
     )
 
 
-def write_result(name: str, title: str, body: str) -> Path:
+def write_result(name: str, title: str, body: str, *, load_before: str | None = None) -> Path:
     """Write ``header(title) + body`` to ``benchmarks/results/<name>.md`` and return the path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.md"
-    path.write_text(header(title) + body.rstrip() + "\n")
+    path.write_text(header(title, load_before) + body.rstrip() + "\n")
     return path

@@ -15,6 +15,7 @@ the loss differs. Run ``python -m lightning_kd.quickstart --help`` for the optio
 import argparse
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def _run(
         f"seed{seed}/{name}",
         *extra,
     ]
-    cli = build_cli(args, run=False)
+    with warnings.catch_warnings():
+        # The quickstart's own argv is not meant for LightningCLI; it gets ``args`` only.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run")
+        cli = build_cli(args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     fit_seconds = time.perf_counter() - start

@@ -1,6 +1,9 @@
 """Run by test_ddp.py: KD with strategy="ddp" on 2 CPU processes (gloo).
 
-Usage: python ddp_kd_script.py OUT_DIR. Each rank writes ``rank<r>.pt`` with its student and
+Usage: python ddp_kd_script.py OUT_DIR [kd|feature]. With ``feature`` the module is a
+FeatureKDModule with a FitNets hint (through a trained 1x1-conv projector) and an RKD term, and
+DDP runs with find_unused_parameters=False, so any registered but unused adapter parameter
+fails the run. Each rank writes ``rank<r>.pt`` with its student and
 teacher state dicts, the initial teacher state and the indices of the samples it saw.
 """
 
@@ -12,7 +15,7 @@ import torch
 from tiny import TinyData, TinyNet
 from torch import Tensor
 
-from lightning_kd.modules import KDModule
+from lightning_kd.modules import FeatureKDModule, HintTerm, KDModule, RKDTerm
 
 
 class RecordingKD(KDModule):
@@ -23,11 +26,24 @@ class RecordingKD(KDModule):
         return super().compute_losses(batch)
 
 
-def main(out_dir: Path) -> None:
+class RecordingFeatureKD(FeatureKDModule):
+    """FeatureKDModule that remembers the first pixel of every training image it saw."""
+
+    def compute_losses(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        self.seen.append(batch[0][:, 0, 0, 0].clone())
+        return super().compute_losses(batch)
+
+
+def main(out_dir: Path, kind: str) -> None:
     L.seed_everything(0)
-    teacher = TinyNet()
+    teacher = TinyNet(width=8)
     teacher_initial = {k: v.clone() for k, v in teacher.state_dict().items()}
-    module = RecordingKD(TinyNet(), teacher, temperature=4.0, alpha=0.1)
+    module: KDModule
+    if kind == "feature":
+        terms = [HintTerm("bn", "bn", weight=10.0), RKDTerm("fc", "fc")]
+        module = RecordingFeatureKD(TinyNet(), teacher, terms=terms, input_size=(3, 8, 8))
+    else:
+        module = RecordingKD(TinyNet(), teacher, temperature=4.0, alpha=0.1)
     module.seen = []
     trainer = L.Trainer(
         accelerator="cpu",
@@ -44,6 +60,7 @@ def main(out_dir: Path) -> None:
     torch.save(
         {
             "student": module.student.state_dict(),
+            "terms": module.terms.state_dict() if kind == "feature" else {},
             "teacher": module.teacher.state_dict(),
             "teacher_initial": teacher_initial,
             "seen": torch.cat(module.seen),
@@ -54,4 +71,4 @@ def main(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "kd")

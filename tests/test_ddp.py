@@ -5,18 +5,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 HERE = Path(__file__).parent
 
 
-def test_kd_ddp_two_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["kd", "feature"])
+def test_kd_ddp_two_processes(kind: str, tmp_path: Path) -> None:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(
-        [sys.executable, str(HERE / "ddp_kd_script.py"), str(tmp_path)],
+        [sys.executable, str(HERE / "ddp_kd_script.py"), str(tmp_path), kind],
         env=env,
         capture_output=True,
         text=True,
@@ -30,6 +32,12 @@ def test_kd_ddp_two_processes(tmp_path: Path) -> None:
     for key, value in ranks[0]["student"].items():
         if "running" not in key:
             assert torch.equal(value, ranks[1]["student"][key]), key
+    # The feature adapters (trained, registered on the module) agree across ranks too.
+    for key, value in ranks[0]["terms"].items():
+        if "running" not in key:
+            assert torch.equal(value, ranks[1]["terms"][key]), key
+    if kind == "feature":
+        assert "0.projector.conv.weight" in ranks[0]["terms"]
     for rank in ranks:
         for key, value in rank["teacher_initial"].items():
             assert torch.equal(rank["teacher"][key], value), key

@@ -253,3 +253,29 @@ def test_channels_last_option() -> None:
     trainer(max_steps=1, limit_val_batches=0).fit(module, datamodule=TinyData())
     assert module.student.conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert module.teacher.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    # Resume from the end-of-epoch checkpoint and compare with a run that never stopped:
+    # student weights, BN statistics and SGD momentum buffers must all carry over.
+    def fresh() -> KDModule:
+        torch.manual_seed(0)
+        return KDModule(TinyNet(), _teacher())
+
+    data = TinyData(n=32, batch_size=8)  # 4 batches per epoch, fixed order
+    full = fresh()
+    trainer(max_epochs=2, limit_val_batches=0).fit(full, datamodule=data)
+
+    first = fresh()
+    t = trainer(max_epochs=1, limit_val_batches=0)
+    t.fit(first, datamodule=data)
+    ckpt = tmp_path / "epoch1.ckpt"
+    t.save_checkpoint(ckpt)
+    resumed = fresh()
+    t2 = trainer(max_epochs=2, limit_val_batches=0)
+    t2.fit(resumed, datamodule=data, ckpt_path=ckpt)
+
+    assert t2.global_step == 8
+    assert not torch.equal(first.student.conv.weight, full.student.conv.weight)
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)

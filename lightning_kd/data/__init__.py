@@ -14,6 +14,12 @@ from lightning_kd.data.cifar import (
     collate_uint8_batch,
 )
 from lightning_kd.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataModule
+from lightning_kd.data.semi_supervised import (
+    CIFAR10SSLDataModule,
+    CIFAR100SSLDataModule,
+    CIFARSSLDataModuleBase,
+    CyclingDistributedSampler,
+)
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -23,8 +29,12 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CIFAR10DataModule",
+    "CIFAR10SSLDataModule",
     "CIFAR100DataModule",
+    "CIFAR100SSLDataModule",
     "CIFARDataModuleBase",
+    "CIFARSSLDataModuleBase",
+    "CyclingDistributedSampler",
     "ImageFolderDataModule",
     "PILImageDataset",
     "UInt8ImageDataset",

@@ -58,7 +58,7 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
-class UInt8ImageDataset(Dataset[tuple[Tensor, Tensor]]):
+class UInt8ImageDataset(Dataset[tuple[Tensor, ...]]):
     """In-memory images with batched indexing.
 
     The DataLoader calls :meth:`__getitems__` with the list of indices of one batch, so a
@@ -68,9 +68,11 @@ class UInt8ImageDataset(Dataset[tuple[Tensor, Tensor]]):
     Args:
         images: ``uint8`` tensor ``(N, C, H, W)``.
         targets: ``int64`` tensor ``(N,)``.
+        return_indices: also return each sample's index in this dataset (for methods that
+            keep per-sample state, e.g. CRD's memory bank).
     """
 
-    def __init__(self, images: Tensor, targets: Tensor) -> None:
+    def __init__(self, images: Tensor, targets: Tensor, *, return_indices: bool = False) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(
                 f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
@@ -81,40 +83,52 @@ class UInt8ImageDataset(Dataset[tuple[Tensor, Tensor]]):
             )
         self.images = images
         self.targets = targets.long()
+        self.return_indices = return_indices
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        """One sample: ``uint8`` image ``(C, H, W)`` and an int64 scalar label."""
+    def __getitem__(self, index: int) -> tuple[Tensor, ...]:
+        """One sample: ``uint8`` image ``(C, H, W)``, an int64 scalar label (and its index)."""
+        if self.return_indices:
+            return self.images[index], self.targets[index], torch.tensor(index)
         return self.images[index], self.targets[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        """One batch: ``uint8`` images ``(B, C, H, W)`` and int64 labels ``(B,)``."""
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
+        """One batch: ``uint8`` images ``(B, C, H, W)``, int64 labels ``(B,)`` (and the int64
+        sample indices ``(B,)`` with ``return_indices``)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images.index_select(0, idx), self.targets.index_select(0, idx)
+        images, targets = self.images.index_select(0, idx), self.targets.index_select(0, idx)
+        if self.return_indices:
+            return images, targets, idx
+        return images, targets
 
 
 def collate_uint8_batch(batch: Any) -> list[Tensor]:
     """Collate function for :class:`UInt8ImageDataset` (module level, so it pickles).
 
     Args:
-        batch: Either the ``(images, targets)`` pair returned by ``__getitems__``, or a list of
-            ``(image, target)`` samples (when a loader bypasses ``__getitems__``).
+        batch: Either the ``(images, targets[, indices])`` tuple returned by ``__getitems__``,
+            or a list of ``(image, target[, index])`` samples (when a loader bypasses
+            ``__getitems__``).
 
     Returns:
-        ``[images, targets]``: ``uint8`` ``(B, C, H, W)`` and int64 ``(B,)``.
+        ``[images, targets]`` (plus ``indices``): ``uint8`` ``(B, C, H, W)``, int64 ``(B,)``.
     """
-    if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[0], Tensor):
-        images, targets = batch
-        if images.dim() == 4:
-            return [images, targets]
-    images = torch.stack([sample[0] for sample in batch])
-    targets = torch.stack([torch.as_tensor(sample[1]) for sample in batch]).long()
-    return [images, targets]
+    if (
+        isinstance(batch, tuple)
+        and len(batch) in (2, 3)
+        and isinstance(batch[0], Tensor)
+        and batch[0].dim() == 4
+    ):
+        return list(batch)
+    columns = list(zip(*batch, strict=True))
+    images = torch.stack(list(columns[0]))
+    rest = [torch.stack([torch.as_tensor(v) for v in column]).long() for column in columns[1:]]
+    return [images, *rest]
 
 
-class PILImageDataset(Dataset[tuple[Tensor, int]]):
+class PILImageDataset(Dataset[tuple[Any, ...]]):
     """Per-sample dataset: each image becomes a PIL image and goes through ``transform``.
 
     Args:
@@ -122,9 +136,12 @@ class PILImageDataset(Dataset[tuple[Tensor, int]]):
             array so that building a PIL image needs no copy.
         targets: int64 tensor ``(N,)``.
         transform: Callable from a PIL image to a float tensor ``(3, H', W')``.
+        return_indices: also return each sample's index in this dataset.
     """
 
-    def __init__(self, images: Tensor, targets: Tensor, transform: Any) -> None:
+    def __init__(
+        self, images: Tensor, targets: Tensor, transform: Any, *, return_indices: bool = False
+    ) -> None:
         if targets.shape != (images.shape[0],):
             raise ValueError(
                 f"targets must have shape ({images.shape[0]},), got {tuple(targets.shape)}"
@@ -132,13 +149,16 @@ class PILImageDataset(Dataset[tuple[Tensor, int]]):
         self.images_hwc: np.ndarray = images.permute(0, 2, 3, 1).contiguous().numpy()
         self.targets: list[int] = targets.tolist()
         self.transform = transform
+        self.return_indices = return_indices
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        """One sample: transformed image (float ``(3, H', W')``) and its label."""
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        """One sample: transformed image (float ``(3, H', W')``), its label (and its index)."""
         image = Image.fromarray(self.images_hwc[index])
+        if self.return_indices:
+            return self.transform(image), self.targets[index], index
         return self.transform(image), self.targets[index]
 
 
@@ -226,6 +246,10 @@ class CIFARDataModuleBase(LightningDataModule):
         channels_last: Return images in ``torch.channels_last`` memory format.
         pin_memory: Passed to the DataLoaders.
         drop_last: Drop the last incomplete training batch (training loader only).
+        return_indices: Training batches also carry each image's index in the training set,
+            ``(images, targets, indices)``, for methods with per-sample state (CRD). The
+            indices range over ``[0, len(train_dataset))``, after the validation split and
+            ``train_subset``.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -250,6 +274,7 @@ class CIFARDataModuleBase(LightningDataModule):
         channels_last: bool = False,
         pin_memory: bool = False,
         drop_last: bool = True,
+        return_indices: bool = False,
     ) -> None:
         super().__init__()
         if type(self) is CIFARDataModuleBase:
@@ -290,6 +315,7 @@ class CIFARDataModuleBase(LightningDataModule):
         self.channels_last = channels_last
         self.pin_memory = pin_memory
         self.drop_last = drop_last
+        self.return_indices = return_indices
 
         self.train_dataset: CifarDataset | None = None
         self.val_dataset: CifarDataset | None = None
@@ -371,9 +397,12 @@ class CIFARDataModuleBase(LightningDataModule):
         self.train_dataset = self._make_dataset(images[train_idx], targets[train_idx], train=True)
 
     def _make_dataset(self, images: Tensor, targets: Tensor, *, train: bool) -> CifarDataset:
+        indices = train and self.return_indices
         if self.augment == "batch":
-            return UInt8ImageDataset(images.contiguous(), targets)
-        return PILImageDataset(images, targets, self.pil_transform(train=train))
+            return UInt8ImageDataset(images.contiguous(), targets, return_indices=indices)
+        return PILImageDataset(
+            images, targets, self.pil_transform(train=train), return_indices=indices
+        )
 
     def pil_transform(self, *, train: bool) -> transforms.Compose:
         """The per-sample torchvision pipeline used by ``augment="pil"``.
@@ -462,7 +491,7 @@ class CIFARDataModuleBase(LightningDataModule):
             images = images.contiguous(memory_format=torch.channels_last)
         scale, shift = self._normalize_constants(images.device)
         out = torch.addcmul(shift, images.float(), scale)  # (B, 3, 32, 32), float32
-        return [out, targets.long()]
+        return [out, targets.long(), *batch[2:]]
 
     def _normalize_constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
         if device not in self._norm_cache:

@@ -18,7 +18,6 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from typing_extensions import override
@@ -81,26 +80,36 @@ def scan_image_folder(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]
     return classes, samples
 
 
-class ImageFileDataset(Dataset[tuple[Tensor, int]]):
+class ImageFileDataset(Dataset[tuple[Any, ...]]):
     """Images read from disk with PIL, converted to RGB and passed through ``transform``.
 
     Args:
         samples: ``(path, class_index)`` pairs.
         transform: Callable from a PIL image to a float tensor ``(3, H, W)``.
+        return_indices: also return each sample's index (for per-sample state, e.g. CRD).
     """
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Any) -> None:
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        transform: Any,
+        *,
+        return_indices: bool = False,
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.return_indices = return_indices
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        """One sample: transformed image ``(3, H, W)`` and its class index."""
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        """One sample: transformed image ``(3, H, W)``, its class index (and its index)."""
         path, target = self.samples[index]
         with Image.open(path) as image:
             rgb = image.convert("RGB")
+        if self.return_indices:
+            return self.transform(rgb), target, index
         return self.transform(rgb), target
 
 
@@ -122,6 +131,8 @@ class ImageFolderDataModule(LightningDataModule):
         mean: Per-channel mean for normalisation (``[0, 1]`` units).
         std: Per-channel standard deviation.
         pin_memory: Passed to the DataLoaders.
+        return_indices: Training batches also carry each image's index in the training set,
+            ``(images, targets, indices)`` (for per-sample state, e.g. CRD).
 
     Raises:
         ValueError: If a size or count is out of range, or mean/std do not have 3 entries.
@@ -138,6 +149,7 @@ class ImageFolderDataModule(LightningDataModule):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         pin_memory: bool = False,
+        return_indices: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -163,6 +175,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.pin_memory = pin_memory
+        self.return_indices = return_indices
         self.train_dataset: ImageFileDataset | None = None
         self.val_dataset: ImageFileDataset | None = None
         self._scan: tuple[list[str], list[tuple[Path, int]], list[tuple[Path, int]]] | None = None
@@ -226,7 +239,9 @@ class ImageFolderDataModule(LightningDataModule):
         """
         _, train_samples, val_samples = self._scan_tree()
         if stage == "fit" and self.train_dataset is None:
-            self.train_dataset = ImageFileDataset(train_samples, self.train_transform())
+            self.train_dataset = ImageFileDataset(
+                train_samples, self.train_transform(), return_indices=self.return_indices
+            )
         if self.val_dataset is None:
             self.val_dataset = ImageFileDataset(val_samples, self.eval_transform())
 

@@ -5,7 +5,7 @@ base logs what it returns, builds the optimizer over trainable parameters only, 
 evaluation loops from :meth:`evaluate`.
 """
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,7 +16,9 @@ from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-Batch = Sequence[Tensor]
+#: A training or evaluation batch: ``(images, targets[, indices])`` for the classification
+#: modules; modules with richer inputs (e.g. labeled + unlabeled streams) use their own layout.
+Batch = Any
 
 
 def sgd(params: Iterable[Any]) -> torch.optim.Optimizer:
@@ -154,5 +156,23 @@ class LightningKDModule(L.LightningModule):
         return path
 
 
-def _batch_size(batch: Batch) -> int:
-    return int(batch[0].shape[0])
+def object_arguments(*names: str) -> list[str]:
+    """Which of ``names`` (networks, optimizer and scheduler callables) to leave out of
+    ``save_hyperparameters``.
+
+    Built from Python they are objects, not hyperparameters (and the networks are in the
+    checkpoint's weights anyway), so they are left out. Built by the ``lightning-kd`` CLI they
+    are ``class_path``/``init_args`` config, which Lightning records instead, so that
+    ``load_from_checkpoint`` can rebuild the module without being handed the networks.
+    """
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return [] if _given_hyperparameters.get() is not None else list(names)
+
+
+def _batch_size(batch: Any) -> int:
+    """Rows of the first tensor in a (possibly nested) batch: ``(x, y)`` or a dict of them."""
+    first = batch
+    while not isinstance(first, Tensor):
+        first = next(iter(first.values())) if isinstance(first, Mapping) else first[0]
+    return int(first.shape[0])

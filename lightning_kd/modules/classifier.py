@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from lightning_kd.losses import smooth_labels, soft_cross_entropy
 from lightning_kd.metrics import topk_correct
-from lightning_kd.modules.base import Batch, LightningKDModule, sgd
+from lightning_kd.modules.base import Batch, LightningKDModule, object_arguments, sgd
 
 
 class ClassifierModule(LightningKDModule):
@@ -50,7 +50,7 @@ class ClassifierModule(LightningKDModule):
             raise ValueError(
                 f"label_smoothing_mode must be 'uniform' or 'others', got {label_smoothing_mode!r}"
             )
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.save_hyperparameters(ignore=object_arguments("model", "optimizer", "scheduler"))
         self.model = model
         self.label_smoothing = label_smoothing
         self.label_smoothing_mode = label_smoothing_mode

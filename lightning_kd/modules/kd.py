@@ -14,7 +14,7 @@ from typing_extensions import Self, override
 from lightning_kd.losses import kd_loss
 from lightning_kd.metrics import top1_agreement, topk_correct
 from lightning_kd.models.loading import load_weights
-from lightning_kd.modules.base import Batch, LightningKDModule, sgd
+from lightning_kd.modules.base import Batch, LightningKDModule, object_arguments, sgd
 
 TEACHER_PREFIX = "teacher."
 
@@ -37,6 +37,8 @@ class KDModule(LightningKDModule):
         teacher_checkpoint: optional path loaded into ``teacher`` at construction (a Lightning
             checkpoint of a ``ClassifierModule``, a plain ``state_dict``, or a torchvision
             weights file; see :func:`lightning_kd.models.load_weights`).
+        student_checkpoint: optional path loaded into ``student`` at construction (a warm
+            start, e.g. stage 2 of FitNets from the stage-1 checkpoint).
         save_teacher_weights: store the teacher's weights in this module's checkpoints. When
             ``False`` (requires ``teacher_checkpoint``) checkpoints hold only the teacher's source
             path and its SHA-256, and the teacher is reloaded from that file, which keeps
@@ -58,6 +60,7 @@ class KDModule(LightningKDModule):
         teacher: nn.Module,
         *,
         teacher_checkpoint: str | None = None,
+        student_checkpoint: str | None = None,
         save_teacher_weights: bool = True,
         temperature: float = 4.0,
         alpha: float = 0.1,
@@ -77,11 +80,16 @@ class KDModule(LightningKDModule):
                 "save_teacher_weights=False needs teacher_checkpoint (the file the teacher is "
                 "reloaded from), got teacher_checkpoint=None"
             )
-        self.save_hyperparameters(ignore=["student", "teacher", "optimizer", "scheduler"])
+        self.save_hyperparameters(
+            ignore=object_arguments("student", "teacher", "optimizer", "scheduler")
+        )
         self.student = student
         self.teacher = teacher
         self.temperature = temperature
         self.alpha = alpha
+        #: Weights of the two logit terms; subclasses may set them independently.
+        self.ce_weight = alpha
+        self.kd_weight = 1.0 - alpha
         self.evaluate_teacher = evaluate_teacher
         self.save_teacher_weights = save_teacher_weights
         self.teacher_checkpoint = teacher_checkpoint
@@ -89,6 +97,8 @@ class KDModule(LightningKDModule):
         if teacher_checkpoint is not None:
             load_weights(self.teacher, teacher_checkpoint)
             self.teacher_sha256 = _sha256(teacher_checkpoint)
+        if student_checkpoint is not None:
+            load_weights(self.student, student_checkpoint)
         self.teacher.requires_grad_(False)
         self.teacher.eval()
 
@@ -115,6 +125,7 @@ class KDModule(LightningKDModule):
     ) -> dict[str, Tensor]:
         """The Hinton objective and its parts for ``(B, C)`` logits and ``(B,)`` labels.
 
+        ``loss = ce_weight * CE + kd_weight * KD`` (``alpha`` and ``1 - alpha`` by default).
         Returns ``loss``, ``loss_ce``, ``loss_kd``, student ``acc``, ``teacher_acc`` and
         ``agreement`` (teacher-student top-1), each a scalar.
         """
@@ -122,7 +133,7 @@ class KDModule(LightningKDModule):
         kd = kd_loss(student_logits, teacher_logits, temperature=self.temperature)
         student_detached = student_logits.detach()
         return {
-            "loss": self.alpha * ce + (1.0 - self.alpha) * kd,
+            "loss": self.ce_weight * ce + self.kd_weight * kd,
             "loss_ce": ce,
             "loss_kd": kd,
             "acc": topk_correct(student_detached, targets).mean(),
