@@ -171,10 +171,11 @@ def main() -> None:
     if busy_before or busy():
         lines += [
             "",
-            f"Note: the load average exceeded the {os.cpu_count()} cores during this run (other "
-            "processes were running). Multi-threaded torch ops then wait on busy cores, which hits "
-            "the `batch` rows with more than one torch thread hardest (many short parallel "
-            "kernels per batch); the 1-thread rows are the better comparison on such a machine.",
+            f"Note: the 1-minute load average was above the {os.cpu_count()} cores at the start "
+            "or the end of this run (it also counts jobs that ended within the last minute). "
+            "Multi-threaded torch ops wait on busy cores, which hits the `batch` rows with more "
+            "than one torch thread hardest (many short parallel kernels per batch); the 1-thread "
+            "rows are the better comparison on a busy machine.",
         ]
     body = "\n".join(lines)
     print(body)

@@ -41,8 +41,14 @@ def test_configs_found() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_config_runs_one_batch(
-    config: Path, cifar10_dir: Path, cifar100_dir: Path, image_folder_dir: Path, tmp_path: Path
+    config: Path,
+    cifar10_dir: Path,
+    cifar100_dir: Path,
+    image_folder_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths in the configs (runs/, checkpoints/) land here
     raw = yaml.safe_load(config.read_text())
     data_class = raw["data"]["class_path"].rpartition(".")[2]
     data_dir, num_classes, size = {
@@ -88,6 +94,11 @@ def test_config_runs_one_batch(
         teacher_file = tmp_path / "teacher.pt"
         torch.save(_network(init_args["teacher"], num_classes).state_dict(), teacher_file)
         args += ["--model.init_args.teacher_checkpoint", str(teacher_file)]
+    if init_args.get("student_checkpoint"):
+        # Stage 2 of two-stage FitNets starts from the stage-1 student.
+        student_file = tmp_path / "student.pt"
+        torch.save(_network(init_args["student"], num_classes).state_dict(), student_file)
+        args += ["--model.init_args.student_checkpoint", str(student_file)]
     if "train_subset" in raw["data"].get("init_args", {}):
         args += ["--data.init_args.train_subset", "null"]
     cli = build_cli(args, run=False)

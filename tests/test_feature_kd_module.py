@@ -188,3 +188,19 @@ def test_checkpoint_round_trip_keeps_adapters_and_memory(tmp_path: Path) -> None
     )
     for key, value in module.state_dict().items():
         assert torch.equal(restored.state_dict()[key], value), key
+
+
+def test_bf16_mixed_with_every_term() -> None:
+    # Taps capture bf16 activations under autocast; every loss still comes out float32 and
+    # finite, and the CRD memory update (after backward, outside autocast) works on them.
+    student, teacher = _pair()
+    module = FeatureKDModule(student, teacher, terms=_all_terms())  # type: ignore[arg-type]
+    t = trainer(max_steps=3, limit_val_batches=1, precision="bf16-mixed")
+    t.fit(module, datamodule=IndexedTinyData())
+    for name in ("loss", "loss_hint", "loss_at", "loss_rkd", "loss_crd", "loss_dkd"):
+        value = t.logged_metrics["train/loss_step" if name == "loss" else f"train/{name}_epoch"]
+        assert value.dtype == torch.float32 and torch.isfinite(value), name
+    crd = module.distillation_terms[3]
+    assert isinstance(crd, CRDTerm)
+    assert crd.memory.student_bank.dtype == torch.float32
+    assert float(crd.memory.z_student) > 0  # normalisation constant set by the first update

@@ -13,7 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from tiny import ConstantNet, TinyNet, trainer
+from tiny import ConstantNet, RecordingLogger, TinyNet, trainer
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -263,15 +263,19 @@ def test_unlabeled_labels_never_reach_a_loss() -> None:
             data.u_y = torch.randint(-5, 100, data.u_y.shape, generator=torch.Generator())
             data.u_y[::3] = -1
         module = MeanTeacherModule(_net(), consistency_rampup_epochs=1.0)
-        t = trainer(max_epochs=2, limit_val_batches=0)
+        logger = RecordingLogger()
+        t = trainer(max_epochs=2, limit_val_batches=0, logger=logger, log_every_n_steps=1)
         t.fit(module, datamodule=data)
-        runs.append((module, t))
-    (clean, t_clean), (dirty, t_dirty) = runs
+        runs.append((module, t, logger))
+    (clean, t_clean, log_clean), (dirty, t_dirty, log_dirty) = runs
     _assert_equal(_state(clean), _state(dirty))
     for name in ("loss", "loss_ce", "loss_consistency"):
-        for suffix in ("_step", "_epoch"):
-            key = f"train/{name}{suffix}"
-            assert torch.equal(t_clean.logged_metrics[key], t_dirty.logged_metrics[key]), key
+        key = f"train/{name}_epoch"
+        assert torch.equal(t_clean.logged_metrics[key], t_dirty.logged_metrics[key]), key
+    for key in ("train/loss_step", "train/loss_ce_step", "train/loss_consistency_step"):
+        clean_values = [m[key] for _, m in log_clean.metrics if key in m]
+        dirty_values = [m[key] for _, m in log_dirty.metrics if key in m]
+        assert clean_values and clean_values == dirty_values, key
 
 
 # ----------------------------------------------------------------------------- EMA
@@ -384,11 +388,17 @@ def test_rampup_counts_optimizer_steps_per_epoch() -> None:
     # Its EMA update is the third, tau = 1 - 1/3.
     module = MeanTeacherModule(_net(), consistency_rampup_epochs=1.0)
     data = TinySemiSupervisedData(n_labeled=16, n_unlabeled=48)
-    t = trainer(max_steps=3, accumulate_grad_batches=2, limit_val_batches=0)
+    logger = RecordingLogger()
+    t = trainer(
+        max_steps=3,
+        accumulate_grad_batches=2,
+        limit_val_batches=0,
+        logger=logger,
+        log_every_n_steps=1,
+    )
     t.fit(module, datamodule=data)
-    logged = t.logged_metrics
-    assert logged["train/consistency_weight_step"].item() == pytest.approx(28.650480, rel=1e-6)
-    assert logged["train/ema_decay_step"].item() == pytest.approx(2 / 3, rel=1e-6)
+    assert logger.last("train/consistency_weight_step") == pytest.approx(28.650480, rel=1e-6)
+    assert logger.last("train/ema_decay_step") == pytest.approx(2 / 3, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- logging / export
@@ -396,10 +406,12 @@ def test_rampup_counts_optimizer_steps_per_epoch() -> None:
 
 def test_logs_both_networks_and_exports_the_teacher(tmp_path: Path) -> None:
     module = MeanTeacherModule(_net())
-    t = trainer(max_epochs=1, limit_val_batches=2)
+    logger = RecordingLogger()
+    t = trainer(max_epochs=1, limit_val_batches=2, logger=logger, log_every_n_steps=1)
     data = TinySemiSupervisedData()
     t.fit(module, datamodule=data)
     logged = set(t.logged_metrics)
+    written = logger.keys()
     for name in (
         "loss",
         "loss_ce",
@@ -410,7 +422,7 @@ def test_logs_both_networks_and_exports_the_teacher(tmp_path: Path) -> None:
         "unlabeled_acc",
         "teacher_unlabeled_acc",
     ):
-        assert f"train/{name}_step" in logged and f"train/{name}_epoch" in logged, name
+        assert f"train/{name}_step" in written and f"train/{name}_epoch" in logged, name
     for name in MeanTeacherModule.eval_metric_names:
         assert f"val/{name}" in logged, name
 
@@ -481,8 +493,8 @@ def test_bf16_mixed_runs_finite() -> None:
     module = MeanTeacherModule(_net(), consistency_rampup_epochs=0.0)
     t = trainer(max_steps=3, precision="bf16-mixed", limit_val_batches=1)
     t.fit(module, datamodule=TinySemiSupervisedData())
-    for name in ("loss", "loss_ce", "loss_consistency"):
-        value = t.logged_metrics[f"train/{name}_step"]
+    for name in ("loss_step", "loss_ce_epoch", "loss_consistency_epoch"):
+        value = t.logged_metrics[f"train/{name}"]
         assert torch.isfinite(value) and value.dtype == torch.float32, name
     assert all(torch.isfinite(v).all() for v in module.teacher.state_dict().values())
     assert module.num_ema_updates == 3

@@ -2,6 +2,7 @@
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -65,3 +66,35 @@ def trainer(**kwargs: object) -> L.Trainer:
     }
     defaults.update(kwargs)
     return L.Trainer(**defaults)  # type: ignore[arg-type]
+
+
+class RecordingLogger(Logger):
+    """Keeps every ``log_metrics`` call in memory: ``metrics`` is a list of (step, values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metrics: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, {k: float(v) for k, v in metrics.items()}))
+
+    def log_hyperparams(self, params: object, *args: object, **kwargs: object) -> None:
+        pass
+
+    def last(self, key: str) -> float:
+        """The last value written under ``key``."""
+        values = [m[key] for _, m in self.metrics if key in m]
+        if not values:
+            raise KeyError(f"{key!r} was never logged; logged keys: {self.keys()}")
+        return values[-1]
+
+    def keys(self) -> set[str]:
+        return {k for _, m in self.metrics for k in m}
