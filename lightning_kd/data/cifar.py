@@ -47,6 +47,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "CIFARDataModuleBase",
+    "CIFARFiles",
     "PILImageDataset",
     "UInt8ImageDataset",
     "collate_uint8_batch",
@@ -220,7 +221,76 @@ def _class_balanced_subset(
     return torch.cat(chosen).sort().values
 
 
-class CIFARDataModuleBase(LightningDataModule):
+class CIFARFiles:
+    """What every CIFAR datamodule shares: the on-disk files and their normalisation.
+
+    A mixin for ``LightningDataModule`` subclasses that set :attr:`layout`, :attr:`mean` and
+    :attr:`std` (class attributes) and ``data_dir``, ``download`` and ``channels_last``
+    (instance attributes). It provides ``num_classes``, ``class_names``, the download in
+    ``prepare_data`` and :meth:`normalize_batch`.
+    """
+
+    layout: ClassVar[CifarLayout]
+    mean: ClassVar[tuple[float, float, float]]
+    std: ClassVar[tuple[float, float, float]]
+    data_dir: str
+    download: bool
+    channels_last: bool
+    _class_names: list[str] | None = None
+    _norm_cache: dict[torch.device, tuple[Tensor, Tensor]]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (10 or 100)."""
+        return self.layout.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names from the meta file, indexed by label (reads the file on first use)."""
+        if self._class_names is None:
+            folder = resolve_cifar_dir(self.data_dir, self.layout)
+            self._class_names = read_cifar_class_names(folder, self.layout)
+        return self._class_names
+
+    def prepare_data(self) -> None:
+        """Download through torchvision when ``download=True`` and the files are missing.
+
+        Lightning calls this on one process per node. The downloaded folder is afterwards
+        read like any other copy (see ``setup``).
+        """
+        if not self.download or find_cifar_dir(self.data_dir, self.layout) is not None:
+            return
+        from torchvision import datasets
+
+        root = Path(self.data_dir).expanduser()
+        if root.name == self.layout.folder:
+            root = root.parent
+        dataset_cls = getattr(datasets, self.layout.torchvision_class)
+        for train in (True, False):
+            dataset_cls(root=str(root), train=train, download=True)
+
+    def normalize_batch(self, images: Tensor) -> Tensor:
+        """``uint8`` images ``(B, 3, H, W)`` -> float32 normalised with the dataset's mean and
+        std, ``channels_last`` if requested, on the images' device.
+
+        Raises:
+            TypeError: If the images are not ``uint8``.
+        """
+        if images.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 images from the DataLoader, got {images.dtype}")
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if not hasattr(self, "_norm_cache"):
+            self._norm_cache = {}
+        if images.device not in self._norm_cache:
+            self._norm_cache[images.device] = normalize_constants(
+                self.mean, self.std, device=images.device
+            )
+        scale, shift = self._norm_cache[images.device]
+        return torch.addcmul(shift, images.float(), scale)  # (B, 3, H, W), float32
+
+
+class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
     """Shared implementation of the CIFAR DataModules; use a subclass.
 
     Subclasses set :attr:`layout`, :attr:`mean` and :attr:`std`.
@@ -255,10 +325,6 @@ class CIFARDataModuleBase(LightningDataModule):
         ValueError: If an argument is out of range.
         TypeError: If ``val_split`` is neither int nor float.
     """
-
-    layout: ClassVar[CifarLayout]
-    mean: ClassVar[tuple[float, float, float]]
-    std: ClassVar[tuple[float, float, float]]
 
     def __init__(
         self,
@@ -323,39 +389,7 @@ class CIFARDataModuleBase(LightningDataModule):
         self._class_names: list[str] | None = None
         self._norm_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
-    # ------------------------------------------------------------------ properties
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (10 or 100)."""
-        return self.layout.num_classes
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names from the meta file, indexed by label (reads the file on first use)."""
-        if self._class_names is None:
-            folder = resolve_cifar_dir(self.data_dir, self.layout)
-            self._class_names = read_cifar_class_names(folder, self.layout)
-        return self._class_names
-
     # ------------------------------------------------------------------ data
-    @override
-    def prepare_data(self) -> None:
-        """Download through torchvision when ``download=True`` and the files are missing.
-
-        Lightning calls this on one process per node. The downloaded folder is afterwards
-        read like any other copy (see :meth:`setup`).
-        """
-        if not self.download or find_cifar_dir(self.data_dir, self.layout) is not None:
-            return
-        from torchvision import datasets
-
-        root = Path(self.data_dir).expanduser()
-        if root.name == self.layout.folder:
-            root = root.parent
-        dataset_cls = getattr(datasets, self.layout.torchvision_class)
-        for train in (True, False):
-            dataset_cls(root=str(root), train=train, download=True)
-
     @override
     def setup(self, stage: str) -> None:
         """Load the splits that ``stage`` needs (idempotent).
@@ -487,16 +521,7 @@ class CIFARDataModuleBase(LightningDataModule):
             )
         if train:
             images = random_crop_flip(images, padding=4)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        scale, shift = self._normalize_constants(images.device)
-        out = torch.addcmul(shift, images.float(), scale)  # (B, 3, 32, 32), float32
-        return [out, targets.long(), *batch[2:]]
-
-    def _normalize_constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        if device not in self._norm_cache:
-            self._norm_cache[device] = normalize_constants(self.mean, self.std, device=device)
-        return self._norm_cache[device]
+        return [self.normalize_batch(images), targets.long(), *batch[2:]]
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

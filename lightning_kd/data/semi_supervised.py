@@ -57,12 +57,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
-from lightning_kd.data.batch_augment import normalize_constants, random_crop_flip
+from lightning_kd.data.batch_augment import random_crop_flip
 from lightning_kd.data.cifar import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    CIFARFiles,
     UInt8ImageDataset,
     collate_uint8_batch,
 )
@@ -70,8 +71,6 @@ from lightning_kd.data.cifar_files import (
     CIFAR10_LAYOUT,
     CIFAR100_LAYOUT,
     CifarLayout,
-    find_cifar_dir,
-    read_cifar_class_names,
     read_cifar_split,
     resolve_cifar_dir,
 )
@@ -218,7 +217,7 @@ def _choose_labeled(
     return torch.cat(chosen).sort().values
 
 
-class CIFARSSLDataModuleBase(LightningDataModule):
+class CIFARSSLDataModuleBase(CIFARFiles, LightningDataModule):
     """Shared implementation of the semi-supervised CIFAR DataModules; use a subclass.
 
     See the module docstring for the splits and the batch layout. Subclasses set
@@ -333,34 +332,6 @@ class CIFARSSLDataModuleBase(LightningDataModule):
         self._norm_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------ properties
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (10 or 100)."""
-        return self.layout.num_classes
-
-    @property
-    def class_names(self) -> list[str]:
-        """Class names from the meta file, indexed by label (reads the file on first use)."""
-        if self._class_names is None:
-            folder = resolve_cifar_dir(self.data_dir, self.layout)
-            self._class_names = read_cifar_class_names(folder, self.layout)
-        return self._class_names
-
-    # ------------------------------------------------------------------ data
-    @override
-    def prepare_data(self) -> None:
-        """Download through torchvision when ``download=True`` and the files are missing."""
-        if not self.download or find_cifar_dir(self.data_dir, self.layout) is not None:
-            return
-        from torchvision import datasets
-
-        root = Path(self.data_dir).expanduser()
-        if root.name == self.layout.folder:
-            root = root.parent
-        dataset_cls = getattr(datasets, self.layout.torchvision_class)
-        for train in (True, False):
-            dataset_cls(root=str(root), train=train, download=True)
-
     @override
     def setup(self, stage: str) -> None:
         """Load the splits that ``stage`` needs (idempotent).
@@ -617,19 +588,6 @@ class CIFARSSLDataModuleBase(LightningDataModule):
         return self._eval_loader(self.test_dataset, "test")
 
     # ------------------------------------------------------------------ batch transforms
-    def _normalize(self, images: Tensor) -> Tensor:
-        """``uint8`` ``(B, 3, H, W)`` -> normalised float32 (``channels_last`` if requested)."""
-        if images.dtype != torch.uint8:
-            raise TypeError(f"expected uint8 images from the DataLoader, got {images.dtype}")
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if images.device not in self._norm_cache:
-            self._norm_cache[images.device] = normalize_constants(
-                self.mean, self.std, device=images.device
-            )
-        scale, shift = self._norm_cache[images.device]
-        return torch.addcmul(shift, images.float(), scale)
-
     def two_views(self, batch: list[Tensor]) -> list[Tensor]:
         """Two independently augmented, normalised views of every image of a batch.
 
@@ -644,8 +602,8 @@ class CIFARSSLDataModuleBase(LightningDataModule):
             ``(B,)``.
         """
         images, targets = batch[0], batch[1]
-        student = self._normalize(random_crop_flip(images, padding=4))
-        teacher = self._normalize(random_crop_flip(images, padding=4))
+        student = self.normalize_batch(random_crop_flip(images, padding=4))
+        teacher = self.normalize_batch(random_crop_flip(images, padding=4))
         return [student, teacher, targets.long()]
 
     @override
@@ -673,7 +631,7 @@ class CIFARSSLDataModuleBase(LightningDataModule):
                     f"{sorted(batch)}"
                 )
             return {name: self.two_views(batch[name]) for name in ("labeled", "unlabeled")}
-        return [self._normalize(batch[0]), batch[1].long(), *batch[2:]]
+        return [self.normalize_batch(batch[0]), batch[1].long(), *batch[2:]]
 
 
 class CIFAR10SSLDataModule(CIFARSSLDataModuleBase):
