@@ -55,6 +55,7 @@ def test_config_runs_one_batch(
         "CIFAR10DataModule": (cifar10_dir, 10, 32),
         "CIFAR100DataModule": (cifar100_dir, 100, 32),
         "ImageFolderDataModule": (image_folder_dir, 3, 64),
+        "CIFAR10SSLDataModule": (cifar10_dir, 10, 32),
     }[data_class]
     for term in raw["model"]["init_args"].get("terms", []):
         if term["class_path"].endswith("CRDTerm"):
@@ -68,10 +69,6 @@ def test_config_runs_one_batch(
         str(config),
         "--data.init_args.data_dir",
         str(data_dir),
-        "--data.init_args.batch_size",
-        "4",
-        "--data.init_args.eval_batch_size",
-        "4",
         "--trainer.fast_dev_run",
         "1",
         "--trainer.default_root_dir",
@@ -83,6 +80,13 @@ def test_config_runs_one_batch(
         "--trainer.strategy",
         "auto",
     ]
+    if data_class.endswith("SSLDataModule"):
+        # 2 labels per class of the small generated set, small labeled + unlabeled batches.
+        args += ["--data.init_args.num_labels", str(2 * num_classes)]
+        args += ["--data.init_args.labeled_batch_size", "4"]
+        args += ["--data.init_args.unlabeled_batch_size", "12"]
+    else:
+        args += ["--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "4"]
     if data_class == "ImageFolderDataModule":
         # Small images and no worker processes keep the one-batch run fast.
         args += ["--data.init_args.image_size", str(size), "--data.init_args.resize_size", "72"]
