@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from tiny import TinyData, TinyNet
+from tiny import TinyData, TinyNet, ddp_trainer
 from torch import Tensor
 
 from lightning_kd.modules import FeatureKDModule, HintTerm, KDModule, RKDTerm
@@ -45,17 +45,7 @@ def main(out_dir: Path, kind: str) -> None:
     else:
         module = RecordingKD(TinyNet(), teacher, temperature=4.0, alpha=0.1)
     module.seen = []
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_steps=4,
-        limit_val_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = ddp_trainer(max_steps=4, limit_val_batches=2)
     trainer.fit(module, datamodule=TinyData(n=64, batch_size=4))
     torch.save(
         {

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from test_mean_teacher import TinySemiSupervisedData
-from tiny import TinyNet
+from tiny import TinyNet, ddp_trainer
 from torch import Tensor
 
 from lightning_kd.modules.mean_teacher import MeanTeacherModule
@@ -32,17 +32,7 @@ def main(out_dir: Path) -> None:
     module = RecordingMeanTeacher(TinyNet(), ema_decay=0.9, consistency_rampup_epochs=1.0)
     module.seen = []
     teacher_initial = {k: v.clone() for k, v in module.teacher.state_dict().items()}
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_steps=4,
-        limit_val_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = ddp_trainer(max_steps=4, limit_val_batches=2)
     # Per rank: 8 labeled images in batches of 2, 24 unlabeled in batches of 6 -> 4 batches.
     trainer.fit(module, datamodule=TinySemiSupervisedData(n_labeled=16, n_unlabeled=48))
     torch.save(

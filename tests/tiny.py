@@ -68,6 +68,11 @@ def trainer(**kwargs: object) -> L.Trainer:
     return L.Trainer(**defaults)  # type: ignore[arg-type]
 
 
+def ddp_trainer(**kwargs: object) -> L.Trainer:
+    """A quiet 2-process CPU DDP trainer (gloo) for the DDP test scripts."""
+    return trainer(devices=2, strategy="ddp", **kwargs)
+
+
 class RecordingLogger(Logger):
     """Keeps every ``log_metrics`` call in memory: ``metrics`` is a list of (step, values)."""
 

@@ -62,7 +62,7 @@ class LightningKDModule(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.channels_last = channels_last
         # Running (sum, count) of each training part this epoch, see training_step.
-        self._epoch_sums: dict[str, tuple[Tensor | float, int]] = {}
+        self._epoch_sums: dict[str, tuple[Tensor, int]] = {}
         self.eval_metrics = nn.ModuleDict(
             {
                 f"{stage}_{name}": MeanMetric()
@@ -117,8 +117,12 @@ class LightningKDModule(L.LightningModule):
         )
         parts = {name: value.detach() for name, value in losses.items() if name != "loss"}
         for name, value in parts.items():
-            total, count = self._epoch_sums.get(name, (0.0, 0))
-            self._epoch_sums[name] = (value.float() * batch_size + total, count + batch_size)
+            weighted = value.float() * batch_size
+            if name in self._epoch_sums:
+                total, count = self._epoch_sums[name]
+                self._epoch_sums[name] = (total + weighted, count + batch_size)
+            else:
+                self._epoch_sums[name] = (weighted, batch_size)
         trainer = self.trainer
         every = int(getattr(trainer, "log_every_n_steps", 0))  # set by the Trainer at init
         if parts and trainer.logger is not None and every > 0 and batch_idx % every == 0:
@@ -133,7 +137,7 @@ class LightningKDModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         for name, (total, count) in self._epoch_sums.items():
-            mean = total / count if isinstance(total, Tensor) else torch.tensor(total / count)
+            mean = total / count
             self.log(f"train/{name}_epoch", mean, on_step=False, on_epoch=True, sync_dist=True)
         self._epoch_sums = {}
 
