@@ -24,12 +24,19 @@ def datamodule_num_classes(data: Namespace) -> int:
     The link is applied at parse time (so it also reaches networks nested in the module's
     ``init_args``, and targets that a module lacks are skipped), which means the value comes
     from a throw-away instance: datamodule constructors only store their arguments (and at
-    most list class folders), data is read in ``setup``.
+    most list class folders), data is read in ``setup``. Arguments that are objects themselves
+    (``class_path`` entries, e.g. ``views``) are left at their defaults: the class count never
+    depends on them.
     """
     config = data.as_dict() if isinstance(data, Namespace) else dict(data)
     module_name, _, class_name = config["class_path"].rpartition(".")
     datamodule_class = getattr(importlib.import_module(module_name), class_name)
-    return int(datamodule_class(**config.get("init_args", {})).num_classes)
+    plain = {
+        key: value
+        for key, value in config.get("init_args", {}).items()
+        if not (isinstance(value, dict) and "class_path" in value)
+    }
+    return int(datamodule_class(**plain).num_classes)
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):

@@ -24,7 +24,7 @@ def ema_update_(
     student: nn.Module,
     *,
     momentum: float,
-    buffers: Literal["average", "copy"] = "copy",
+    buffers: Literal["average", "copy", "keep"] = "copy",
 ) -> None:
     """Move ``teacher`` toward ``student`` in place: ``theta_t <- m * theta_t + (1 - m) * theta_s``.
 
@@ -32,7 +32,9 @@ def ema_update_(
     ``momentum = 0`` copies the student exactly, ``momentum = 1`` leaves the teacher
     exactly unchanged. Floating-point buffers (e.g. BatchNorm running statistics) are
     averaged the same way when ``buffers="average"`` and copied when ``buffers="copy"``;
-    non-floating buffers (e.g. BatchNorm ``num_batches_tracked``) are always copied.
+    non-floating buffers (e.g. BatchNorm ``num_batches_tracked``) are then always copied.
+    ``buffers="keep"`` leaves every teacher buffer alone, for a teacher that runs in training
+    mode and tracks its own BatchNorm statistics (DINO, BYOL).
 
     Runs under ``torch.no_grad()``: no autograd graph is recorded and the teacher's
     ``.grad`` is never touched. The teacher keeps its own dtype and device; student
@@ -43,7 +45,8 @@ def ema_update_(
         student: Module read from (the online / trained network). Must have exactly the
             same parameter and buffer names and shapes as ``teacher``.
         momentum: ``m`` in ``[0, 1]``; the fraction of the old teacher value kept.
-        buffers: ``"average"`` to EMA floating-point buffers too, ``"copy"`` to copy them.
+        buffers: ``"average"`` to EMA floating-point buffers too, ``"copy"`` to copy them,
+            ``"keep"`` to leave the teacher's buffers unchanged.
 
     Raises:
         ValueError: If ``momentum`` is outside ``[0, 1]``, ``buffers`` is not a known mode,
@@ -51,8 +54,8 @@ def ema_update_(
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-    if buffers not in ("average", "copy"):
-        raise ValueError(f"buffers must be 'average' or 'copy', got {buffers!r}")
+    if buffers not in ("average", "copy", "keep"):
+        raise ValueError(f"buffers must be 'average', 'copy' or 'keep', got {buffers!r}")
 
     param_pairs = _pair_by_name(teacher.named_parameters(), student.named_parameters(), "parameter")
     buffer_pairs = _pair_by_name(teacher.named_buffers(), student.named_buffers(), "buffer")
@@ -63,7 +66,7 @@ def ema_update_(
     copy_s: list[Tensor] = []
     for t, s in param_pairs:
         _route(t, s, average=True, lerp=(lerp_t, lerp_s), copy=(copy_t, copy_s))
-    for t, s in buffer_pairs:
+    for t, s in buffer_pairs if buffers != "keep" else []:
         _route(t, s, average=buffers == "average", lerp=(lerp_t, lerp_s), copy=(copy_t, copy_s))
 
     if lerp_t:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from fake_data import fake_images, write_fake_cifar10, write_image_folder
 from lightning.pytorch.utilities.data import _update_dataloader
+from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms
@@ -27,6 +28,8 @@ from lightning_kd.data import (
     CIFAR100DataModule,
     CIFARDataModuleBase,
     ImageFolderDataModule,
+    MultiCropViews,
+    TwoViews,
     UInt8ImageDataset,
     collate_uint8_batch,
     normalize,
@@ -34,6 +37,7 @@ from lightning_kd.data import (
 )
 from lightning_kd.data.cifar import _class_balanced_subset
 from lightning_kd.data.cifar_files import CIFAR10_LAYOUT, read_cifar_split, resolve_cifar_dir
+from lightning_kd.data.label_split import write_split_file
 
 
 def _image_keys(images: Tensor) -> list[bytes]:
@@ -556,3 +560,259 @@ def test_image_folder_errors(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="image_size=64, resize_size=32"):
         ImageFolderDataModule(str(tmp_path), image_size=64, resize_size=32)
+
+
+# --------------------------------------------------------------------------- multi-view batches
+def _unnormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    return images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("augment", ["batch", "pil"])
+def test_cifar_views_batches(cifar10_dir: Path, augment: str) -> None:
+    views = MultiCropViews(num_local=2)
+    dm = _fit_dm(
+        cifar10_dir,
+        batch_size=16,
+        augment=augment,
+        views=views,
+        channels_last=True,
+        return_indices=True,
+    )
+    assert "views" not in dm.hparams and dm.hparams["augment"] == augment
+    raw = next(iter(dm.train_dataloader()))
+    dm.trainer = SimpleNamespace(training=True)  # type: ignore[assignment]
+    torch.manual_seed(0)
+    crops, targets, indices = dm.on_after_batch_transfer(raw, 0)
+    assert isinstance(crops, list) and len(crops) == views.num_views == 4
+    assert [tuple(v.shape) for v in crops] == [(16, 3, 32, 32)] * 2 + [(16, 3, 16, 16)] * 2
+    for view in crops:
+        assert view.dtype == torch.float32
+        assert view.is_contiguous(memory_format=torch.channels_last)
+        pixels = _unnormalize(view, CIFAR10_MEAN, CIFAR10_STD)
+        assert float(pixels.min()) > -1e-4 and float(pixels.max()) < 1 + 1e-4
+    assert not torch.equal(crops[0], crops[1])
+    assert targets.dtype == torch.int64 and targets.shape == (16,)
+    assert indices.shape == (16,)
+    train = dm.train_dataset
+    assert train is not None and bool((indices < len(train)).all())
+    # The label of each sample is the label of its index.
+    assert torch.equal(targets, torch.as_tensor([train[int(i)][1] for i in indices]))
+
+    # Evaluation batches are unchanged: normalised images, no views.
+    dm.trainer = SimpleNamespace(training=False)  # type: ignore[assignment]
+    val = next(iter(dm.val_dataloader()))
+    images, val_targets = dm.on_after_batch_transfer(val, 0)
+    assert isinstance(images, Tensor) and images.shape == (16, 3, 32, 32)
+    expected = normalize(
+        torch.from_numpy(fake_images(np.arange(16) % 10, 10, size=32, seed=1)),
+        CIFAR10_MEAN,
+        CIFAR10_STD,
+    )
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
+    assert torch.equal(val_targets, torch.arange(16) % 10)
+
+
+def test_cifar_views_trainer_fit_and_feature_bank_hook(cifar10_dir: Path) -> None:
+    """A real fit: training steps get view lists; a bank batch moved with the strategy's
+    batch_to_device at validation start is normalised like the validation batches."""
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.LazyLinear(10))
+            self.train_shapes: list[list[tuple[int, ...]]] = []
+            self.bank: list[Tensor] = []
+
+        def training_step(self, batch: list[object], batch_idx: int) -> Tensor:
+            crops = batch[0]
+            assert isinstance(crops, list)
+            self.train_shapes.append([tuple(v.shape) for v in crops])
+            return sum(self.net(v[:, :, :16, :16]).mean() for v in crops)  # type: ignore[return-value]
+
+        def on_validation_epoch_start(self) -> None:
+            loader = self.trainer.datamodule.feature_bank_dataloader()  # type: ignore[attr-defined]
+            for batch in loader:
+                images, _ = self.trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+                self.bank.append(images)
+
+        def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+            pass
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    dm = CIFAR10DataModule(
+        data_dir=str(cifar10_dir), batch_size=20, eval_batch_size=64, views=TwoViews()
+    )
+    model = Recorder()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert model.train_shapes == [[(20, 3, 32, 32)] * 2] * 2
+    bank = torch.cat(model.bank)
+    assert bank.shape == (200, 3, 32, 32) and bank.dtype == torch.float32
+    assert dm.train_dataset is not None and isinstance(dm.train_dataset, UInt8ImageDataset)
+    expected = normalize(dm.train_dataset.images, CIFAR10_MEAN, CIFAR10_STD)
+    torch.testing.assert_close(bank, expected)
+
+
+@pytest.mark.parametrize("augment", ["batch", "pil"])
+def test_cifar_feature_bank_covers_the_train_split_once(cifar10_dir: Path, augment: str) -> None:
+    dm = _fit_dm(
+        cifar10_dir,
+        batch_size=8,
+        eval_batch_size=16,
+        augment=augment,
+        val_split=40,
+        train_subset=100,
+        views=MultiCropViews(),
+        return_indices=True,
+    )
+    reference = _fit_dm(cifar10_dir, val_split=40, train_subset=100).train_dataset
+    assert isinstance(reference, UInt8ImageDataset)
+    shards = []
+    for rank in range(2):
+        loader = dm.feature_bank_dataloader(num_replicas=2, rank=rank)
+        batches = [dm.on_after_batch_transfer(b, 0) for b in loader]  # no trainer: evaluation
+        assert all(len(b) == 2 and b[0].dtype == torch.float32 for b in batches)
+        assert [len(b[1]) for b in batches] == [16, 16, 16, 2]  # 50 images, last batch kept
+        images = torch.cat([b[0] for b in batches])
+        targets = torch.cat([b[1] for b in batches])
+        order = torch.arange(rank, 100, 2)
+        expected = normalize(reference.images[order], CIFAR10_MEAN, CIFAR10_STD)
+        torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
+        assert torch.equal(targets, reference.targets[order])
+        shards.append(order)
+    assert sorted(torch.cat(shards).tolist()) == list(range(100))
+
+
+def test_feature_bank_errors(cifar10_dir: Path, image_folder_dir: Path) -> None:
+    for dm in (
+        CIFAR10DataModule(data_dir=str(cifar10_dir)),
+        ImageFolderDataModule(str(image_folder_dir)),
+    ):
+        with pytest.raises(RuntimeError, match=r"call setup\('fit'\) before feature_bank"):
+            dm.feature_bank_dataloader()
+        with pytest.raises(ValueError, match="got num_replicas=2, rank=2"):
+            dm.feature_bank_dataloader(num_replicas=2, rank=2)
+    with pytest.raises(TypeError, match="views must be a MultiCropViews or None, got str"):
+        CIFAR10DataModule(views="dino")  # type: ignore[arg-type]
+
+
+def test_image_folder_views_and_feature_bank(image_folder_dir: Path) -> None:
+    views = MultiCropViews(global_size=24, local_size=12, num_local=1)
+    dm = ImageFolderDataModule(
+        str(image_folder_dir),
+        batch_size=4,
+        eval_batch_size=5,
+        num_workers=0,
+        image_size=32,
+        resize_size=36,
+        views=views,
+    )
+    assert "views" not in dm.hparams
+    dm.setup("fit")
+    crops, targets = next(iter(dm.train_dataloader()))
+    assert [tuple(v.shape) for v in crops] == [(4, 3, 24, 24)] * 2 + [(4, 3, 12, 12)]
+    assert targets.shape == (4,)
+    pixels = _unnormalize(crops[0], dm.mean, dm.std)
+    assert float(pixels.min()) > -1e-4 and float(pixels.max()) < 1 + 1e-4
+    val_images, _ = next(iter(dm.val_dataloader()))
+    assert val_images.shape == (5, 3, 32, 32)
+
+    plain = ImageFolderDataModule(
+        str(image_folder_dir), batch_size=4, num_workers=0, image_size=32, resize_size=36
+    )
+    plain.setup("fit")
+    assert plain.train_dataset is not None
+    everything = [
+        plain.eval_transform()(_load_rgb(path)) for path, _ in plain.train_dataset.samples
+    ]
+    labels = [label for _, label in plain.train_dataset.samples]
+    seen = []
+    for rank in range(2):
+        for images, batch_targets in dm.feature_bank_dataloader(num_replicas=2, rank=rank):
+            assert images.dtype == torch.float32 and images.shape[1:] == (3, 32, 32)
+            assert images.shape[0] <= 5
+            seen += list(zip(images, batch_targets.tolist(), strict=True))
+    assert len(seen) == 12
+    order = list(range(0, 12, 2)) + list(range(1, 12, 2))
+    for (image, label), k in zip(seen, order, strict=True):
+        torch.testing.assert_close(image, everything[k])
+        assert label == labels[k]
+
+
+def _load_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def test_jsonargparse_builds_views_into_the_datamodule(cifar10_dir: Path) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(CIFAR10DataModule, "data")
+    cfg = parser.parse_object(
+        {
+            "data": {
+                "data_dir": str(cifar10_dir),
+                "views": {
+                    "class_path": "lightning_kd.data.MultiCropViews",
+                    "init_args": {"num_local": 4, "global_scale": [0.3, 1.0]},
+                },
+            }
+        }
+    )
+    dm = parser.instantiate_classes(cfg).data
+    assert isinstance(dm.views, MultiCropViews) and dm.views.num_views == 6
+    assert dm.views.global_scale == (0.3, 1.0)
+
+
+# --------------------------------------------------------------------- labeled split files
+def test_labeled_split_file_trains_on_exactly_those_images(
+    cifar10_dir: Path, tmp_path: Path
+) -> None:
+    images, targets = read_cifar_split(
+        resolve_cifar_dir(str(cifar10_dir), CIFAR10_LAYOUT), CIFAR10_LAYOUT, train=True
+    )
+    chosen = torch.tensor([5, 17, 3, 199, 0, 64])
+    path = write_split_file(
+        tmp_path / "split.json", chosen, dataset="CIFAR-10", num_train_images=200, seed=0
+    )
+    dm = CIFAR10DataModule(str(cifar10_dir), batch_size=2, labeled_split_file=str(path))
+    dm.setup("fit")
+    assert dm.train_dataset is not None
+    order = chosen.sort().values
+    got_images, got_targets = dm.train_dataset[list(range(6))][:2]  # type: ignore[call-overload]
+    assert torch.equal(got_targets, targets[order])
+    assert torch.equal(got_images, images[order])
+
+
+def test_labeled_split_file_errors(cifar10_dir: Path, tmp_path: Path) -> None:
+    path = write_split_file(
+        tmp_path / "split.json", torch.arange(40), dataset="CIFAR-10", num_train_images=200
+    )
+    with pytest.raises(ValueError, match="train_subset and labeled_split_file both choose"):
+        CIFAR10DataModule(str(cifar10_dir), train_subset=10, labeled_split_file=str(path))
+    # 40 of the first 40 indices cannot all avoid a 150-image validation split.
+    dm = CIFAR10DataModule(str(cifar10_dir), val_split=150, labeled_split_file=str(path))
+    with pytest.raises(ValueError, match=r"of its labeled images fall in the validation split"):
+        dm.setup("fit")
+    other = write_split_file(
+        tmp_path / "other.json", torch.arange(4), dataset="CIFAR-100", num_train_images=200
+    )
+    dm = CIFAR10DataModule(str(cifar10_dir), labeled_split_file=str(other))
+    with pytest.raises(ValueError, match="dataset is 'CIFAR-100', expected 'CIFAR-10'"):
+        dm.setup("fit")
+    dm = CIFAR10DataModule(str(cifar10_dir), labeled_split_file=str(tmp_path / "missing.json"))
+    with pytest.raises(FileNotFoundError, match=r"missing\.json' does not exist"):
+        dm.setup("fit")

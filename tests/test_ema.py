@@ -188,5 +188,5 @@ def test_bad_momentum_raises(momentum: float) -> None:
 
 def test_bad_buffer_mode_raises() -> None:
     teacher, student = _pair()
-    with pytest.raises(ValueError, match="buffers must be 'average' or 'copy', got 'mean'"):
+    with pytest.raises(ValueError, match="buffers must be 'average', 'copy' or 'keep', got 'mean'"):
         ema_update_(teacher, student, momentum=0.5, buffers="mean")  # type: ignore[arg-type]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from jsonargparse import ArgumentParser
 from torch import nn
 
@@ -147,8 +149,8 @@ def test_wide_resnet_rejects_bad_depth(depth: int) -> None:
 def test_invalid_arguments_name_the_value() -> None:
     with pytest.raises(ValueError, match=r"channels must be four positive ints, got \(16, 32\)"):
         CIFARResNet(channels=(16, 32))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
-        resnet20(num_classes=0)
+    with pytest.raises(ValueError, match=r"num_classes must be >= 0 \(0: no classifier\), got -1"):
+        resnet20(num_classes=-1)
     with pytest.raises(ValueError, match="widen_factor must be >= 1, got 0"):
         WideResNet(widen_factor=0)
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.5"):
@@ -250,3 +252,84 @@ def test_torchvision_model_builds_by_name() -> None:
 def test_torchvision_model_unknown_name_lists_close_names() -> None:
     with pytest.raises(ValueError, match=r"'resnet19'.*close matches: \[.*'resnet18'"):
         TorchvisionModel("resnet19")
+
+
+# --------------------------------------------------------------------------- headless backbones
+@pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
+def test_num_classes_zero_returns_pooled_features(factory: Callable[..., nn.Module]) -> None:
+    headless = factory(num_classes=0)
+    classifier = factory(num_classes=10)
+    assert isinstance(headless.fc, nn.Identity)
+    assert headless.num_classes == 0
+    assert headless.num_features == classifier.num_features == classifier.fc.in_features
+    x = torch.randn(2, 3, 32, 32)
+    features = headless.eval()(x)
+    assert features.shape == (2, headless.num_features)
+    # With the headless backbone's weights, the classifier's logits are fc(features).
+    classifier.load_state_dict(headless.state_dict(), strict=False)
+    torch.testing.assert_close(classifier.eval()(x), classifier.fc(features))
+    # Only the head's parameters are gone.
+    n_head = sum(p.numel() for p in classifier.fc.parameters())
+    n_headless = sum(p.numel() for p in headless.parameters())
+    assert n_headless == sum(p.numel() for p in classifier.parameters()) - n_head
+
+
+def test_small_cnn_and_classes_without_classifier() -> None:
+    cnn = SmallCNN(num_classes=0, width=8)
+    assert cnn.num_features == 32 and isinstance(cnn.fc, nn.Identity)
+    assert cnn(torch.randn(2, 3, 32, 32)).shape == (2, 32)
+    assert SmallCNN(width=8).num_features == 32
+    assert CIFARResNet(depth=8, num_classes=0).num_features == 64
+    assert WideResNet(depth=10, widen_factor=3, num_classes=0).num_features == 192
+    for build in (lambda: SmallCNN(num_classes=-1), lambda: WideResNet(num_classes=-2)):
+        with pytest.raises(ValueError, match=r"num_classes must be >= 0 \(0: no classifier\)"):
+            build()
+
+
+def test_torchvision_resnet18_cifar_stem_without_classifier() -> None:
+    model = TorchvisionModel("resnet18", num_classes=0, cifar_stem=True)
+    assert model.num_features == 512 and isinstance(model.net.fc, nn.Identity)
+    conv1 = model.net.conv1
+    assert isinstance(conv1, nn.Conv2d)
+    assert (conv1.kernel_size, conv1.stride, conv1.padding) == ((3, 3), (1, 1), (1, 1))
+    assert conv1.bias is None and isinstance(model.net.maxpool, nn.Identity)
+    shapes: list[tuple[int, ...]] = []
+    model.net.layer4.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    assert shapes == [(2, 512, 4, 4)]
+    # Without the CIFAR stem a 32x32 input ends at 1x1.
+    plain = TorchvisionModel("resnet18", num_classes=10)
+    assert plain.num_features == 512 and isinstance(plain.net.fc, nn.Linear)
+    plain.net.layer4.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+    assert plain(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert shapes[-1] == (2, 512, 1, 1)
+
+
+def test_torchvision_model_without_classifier_other_families() -> None:
+    model = TorchvisionModel("mobilenet_v3_small", num_classes=0).eval()
+    assert model.num_features == 1024 and isinstance(model.net.classifier[3], nn.Identity)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1024)
+    assert TorchvisionModel("squeezenet1_1", num_classes=10).num_features == 512
+    with pytest.raises(ValueError, match=r"'squeezenet1_1' has none; use num_classes >= 1"):
+        TorchvisionModel("squeezenet1_1", num_classes=0)
+    with pytest.raises(ValueError, match=r"cifar_stem=True needs a ResNet-family.*'mobilenet_v3"):
+        TorchvisionModel("mobilenet_v3_small", cifar_stem=True)
+    with pytest.raises(ValueError, match=r"num_classes must be >= 0 \(0: no classifier\), got -1"):
+        TorchvisionModel("resnet18", num_classes=-1)
+
+
+def test_torchvision_model_without_classifier_loads_backbone_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = torchvision.models.mobilenet_v3_small(num_classes=1000)
+    path = tmp_path / "mobilenet.pth"
+    torch.save(source.state_dict(), path)  # with its 1000-class classifier
+    model = TorchvisionModel("mobilenet_v3_small", num_classes=0, weights_path=str(path))
+    expected = {k: v for k, v in source.state_dict().items() if not k.startswith("classifier.3.")}
+    loaded = model.net.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    # A headless wrapper's own state dict loads back as well.
+    headless_path = tmp_path / "headless.pt"
+    torch.save(model.state_dict(), headless_path)
+    again = TorchvisionModel("mobilenet_v3_small", num_classes=0, weights_path=str(headless_path))
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())

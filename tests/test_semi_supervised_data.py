@@ -288,7 +288,7 @@ def _edit(content: dict[str, Any], case: str) -> dict[str, Any]:
     ("case", "expected"),
     [
         ("dataset", "does not match.*dataset is 'CIFAR-100', expected 'CIFAR-10'"),
-        ("size", "num_train_images is 50000, but the training split in .* has 200 images"),
+        ("size", "num_train_images is 50000, but the training split on disk has 200 images"),
         ("range", r"must lie in \[0, 200\), got values from \d+ to 200"),
         ("repeat", "1 labeled indices are repeated"),
         ("balance", "not class-balanced: expected 4 labels per class, got class 0: 3, class 1: 5"),

@@ -1,4 +1,4 @@
-"""Data: CIFAR and image-folder DataModules, and batched tensor augmentation."""
+"""Data: CIFAR and image-folder DataModules, batched tensor augmentation, multi-view crops."""
 
 from lightning_kd.data.batch_augment import normalize, normalize_constants, random_crop_flip
 from lightning_kd.data.cifar import (
@@ -20,6 +20,7 @@ from lightning_kd.data.semi_supervised import (
     CIFARSSLDataModuleBase,
     CyclingDistributedSampler,
 )
+from lightning_kd.data.views import MultiCropViews, NormalizedViews, TwoViews
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -36,7 +37,10 @@ __all__ = [
     "CIFARSSLDataModuleBase",
     "CyclingDistributedSampler",
     "ImageFolderDataModule",
+    "MultiCropViews",
+    "NormalizedViews",
     "PILImageDataset",
+    "TwoViews",
     "UInt8ImageDataset",
     "collate_uint8_batch",
     "normalize",

@@ -11,11 +11,18 @@ Two input pipelines share one DataModule:
   out of the DataLoader already float and normalised.
 
 Both yield ``[images, targets]`` to the model: float32 ``(B, 3, 32, 32)`` normalised images and
-int64 ``(B,)`` labels.
+int64 ``(B,)`` labels. With ``views`` (a :class:`~lightning_kd.data.views.MultiCropViews`, for
+label-free self-distillation such as DINO or BYOL) training batches are
+``[views, targets]`` instead, ``views`` a list of normalised float32 ``(B, 3, s, s)`` tensors
+(global views first), made on the whole batch by ``views.batch`` with ``augment="batch"`` and
+per sample by ``views(image)`` with ``augment="pil"``; evaluation batches do not change.
+:meth:`CIFARDataModuleBase.feature_bank_dataloader` serves the training images with evaluation
+transforms, e.g. as the feature bank of a kNN evaluation.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -24,7 +31,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from typing_extensions import override
 
@@ -38,6 +45,8 @@ from lightning_kd.data.cifar_files import (
     read_cifar_split,
     resolve_cifar_dir,
 )
+from lightning_kd.data.label_split import read_split_file
+from lightning_kd.data.views import MultiCropViews, NormalizedViews
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -136,7 +145,8 @@ class PILImageDataset(Dataset[tuple[Any, ...]]):
         images: ``uint8`` tensor ``(N, 3, H, W)``; stored as a contiguous ``(N, H, W, 3)``
             array so that building a PIL image needs no copy.
         targets: int64 tensor ``(N,)``.
-        transform: Callable from a PIL image to a float tensor ``(3, H', W')``.
+        transform: Callable from a PIL image to a float tensor ``(3, H', W')`` (or to a list
+            of such tensors, e.g. :class:`~lightning_kd.data.views.NormalizedViews`).
         return_indices: also return each sample's index in this dataset.
     """
 
@@ -156,7 +166,8 @@ class PILImageDataset(Dataset[tuple[Any, ...]]):
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
-        """One sample: transformed image (float ``(3, H', W')``), its label (and its index)."""
+        """One sample: transformed image (float ``(3, H', W')`` or a list of views), its label
+        (and its index)."""
         image = Image.fromarray(self.images_hwc[index])
         if self.return_indices:
             return self.transform(image), self.targets[index], index
@@ -238,6 +249,7 @@ class CIFARFiles:
     channels_last: bool
     _class_names: list[str] | None = None
     _norm_cache: dict[torch.device, tuple[Tensor, Tensor]]
+    _float_norm_cache: dict[torch.device, tuple[Tensor, Tensor]]
 
     @property
     def num_classes(self) -> int:
@@ -270,23 +282,34 @@ class CIFARFiles:
             dataset_cls(root=str(root), train=train, download=True)
 
     def normalize_batch(self, images: Tensor) -> Tensor:
-        """``uint8`` images ``(B, 3, H, W)`` -> float32 normalised with the dataset's mean and
-        std, ``channels_last`` if requested, on the images' device.
+        """Images ``(B, 3, H, W)`` -> float32 normalised with the dataset's mean and std,
+        ``channels_last`` if requested, on the images' device.
+
+        ``uint8`` images are read as ``0..255`` (what the DataLoader yields); floating-point
+        images as ``[0, 1]`` (what :meth:`MultiCropViews.batch` returns).
 
         Raises:
-            TypeError: If the images are not ``uint8``.
+            TypeError: If the images are neither ``uint8`` nor floating point.
         """
-        if images.dtype != torch.uint8:
-            raise TypeError(f"expected uint8 images from the DataLoader, got {images.dtype}")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise TypeError(
+                f"expected uint8 images in [0, 255] or float images in [0, 1], got {images.dtype}"
+            )
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        if not hasattr(self, "_norm_cache"):
-            self._norm_cache = {}
-        if images.device not in self._norm_cache:
-            self._norm_cache[images.device] = normalize_constants(
-                self.mean, self.std, device=images.device
+        if images.dtype == torch.uint8:
+            if not hasattr(self, "_norm_cache"):
+                self._norm_cache = {}
+            cache, max_value = self._norm_cache, 255.0
+        else:
+            if not hasattr(self, "_float_norm_cache"):
+                self._float_norm_cache = {}
+            cache, max_value = self._float_norm_cache, 1.0
+        if images.device not in cache:
+            cache[images.device] = normalize_constants(
+                self.mean, self.std, device=images.device, max_value=max_value
             )
-        scale, shift = self._norm_cache[images.device]
+        scale, shift = cache[images.device]
         return torch.addcmul(shift, images.float(), scale)  # (B, 3, H, W), float32
 
 
@@ -310,6 +333,11 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
             :meth:`prepare_data`.
         train_subset: Train on only this many images, class-balanced, chosen by the seeded
             generator from the images left after the validation split. ``None`` uses all.
+        labeled_split_file: Train on exactly the labeled images of a semi-supervised split
+            file (see :mod:`~lightning_kd.data.label_split`; e.g. the one a
+            :class:`~lightning_kd.data.semi_supervised.CIFAR10SSLDataModule` run wrote), for a
+            supervised-only baseline with the same labels. Cannot be combined with
+            ``train_subset``; its images must not fall in the validation split.
         augment: ``"batch"`` for the fast in-memory path with augmentation on the whole batch
             in :meth:`on_after_batch_transfer`, ``"pil"`` for per-sample torchvision
             transforms in the DataLoader.
@@ -320,10 +348,18 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
             ``(images, targets, indices)``, for methods with per-sample state (CRD). The
             indices range over ``[0, len(train_dataset))``, after the validation split and
             ``train_subset``.
+        views: Multi-view augmentation for label-free self-distillation (e.g.
+            :class:`~lightning_kd.data.views.MultiCropViews` for DINO,
+            :class:`~lightning_kd.data.views.TwoViews` for BYOL). Training batches become
+            ``[views, targets]`` (plus indices), ``views`` a list of ``views.num_views``
+            normalised float32 tensors ``(B, 3, s, s)``, ``channels_last`` if requested; it
+            replaces the crop-and-flip augmentation. Evaluation batches are unchanged. Not
+            stored in ``hparams`` (the CLI records it in its config).
 
     Raises:
         ValueError: If an argument is out of range.
-        TypeError: If ``val_split`` is neither int nor float.
+        TypeError: If ``val_split`` is neither int nor float, or ``views`` is not a
+            ``MultiCropViews``.
     """
 
     def __init__(
@@ -336,11 +372,13 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
         seed: int = 0,
         download: bool = False,
         train_subset: int | None = None,
+        labeled_split_file: str | None = None,
         augment: Literal["batch", "pil"] = "batch",
         channels_last: bool = False,
         pin_memory: bool = False,
         drop_last: bool = True,
         return_indices: bool = False,
+        views: MultiCropViews | None = None,
     ) -> None:
         super().__init__()
         if type(self) is CIFARDataModuleBase:
@@ -365,9 +403,16 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
             raise ValueError(f"val_split as an int is a count and must be >= 0, got {val_split}")
         if train_subset is not None and train_subset < 1:
             raise ValueError(f"train_subset must be >= 1 or None, got {train_subset}")
+        if train_subset is not None and labeled_split_file is not None:
+            raise ValueError(
+                "train_subset and labeled_split_file both choose the training images; pass one, "
+                f"got train_subset={train_subset} and labeled_split_file={labeled_split_file!r}"
+            )
         if augment not in ("batch", "pil"):
             raise ValueError(f"augment must be 'batch' or 'pil', got {augment!r}")
-        self.save_hyperparameters()
+        if views is not None and not isinstance(views, MultiCropViews):
+            raise TypeError(f"views must be a MultiCropViews or None, got {type(views).__name__}")
+        self.save_hyperparameters(ignore=["views"])
 
         self.data_dir = data_dir
         self.batch_size = batch_size
@@ -377,11 +422,13 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
         self.seed = seed
         self.download = download
         self.train_subset = train_subset
+        self.labeled_split_file = labeled_split_file
         self.augment = augment
         self.channels_last = channels_last
         self.pin_memory = pin_memory
         self.drop_last = drop_last
         self.return_indices = return_indices
+        self.views = views
 
         self.train_dataset: CifarDataset | None = None
         self.val_dataset: CifarDataset | None = None
@@ -414,7 +461,8 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
         return self.val_split == 0
 
     def _setup_train_val(self, images: Tensor, targets: Tensor) -> None:
-        """Split the training images into train/val and apply ``train_subset``."""
+        """Split the training images into train/val and apply ``train_subset`` or
+        ``labeled_split_file``."""
         n = targets.numel()
         generator = torch.Generator().manual_seed(self.seed)
         n_val = _num_val(self.val_split, n)
@@ -426,6 +474,18 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
                 targets[train_idx], self.train_subset, self.num_classes, generator
             )
             train_idx = train_idx[pick]
+        if self.labeled_split_file is not None:
+            labeled, _ = read_split_file(
+                self.labeled_split_file, dataset=self.layout.name, num_train_images=n
+            )
+            overlap = int(torch.isin(labeled, val_idx).sum())
+            if overlap:
+                raise ValueError(
+                    f"labeled_split_file {self.labeled_split_file!r}: {overlap} of its labeled "
+                    f"images fall in the validation split (val_split={self.val_split}, "
+                    f"seed={self.seed}); use val_split=0 or the split's own val_split and seed"
+                )
+            train_idx = labeled
         if n_val > 0:
             self.val_dataset = self._make_dataset(images[val_idx], targets[val_idx], train=False)
         self.train_dataset = self._make_dataset(images[train_idx], targets[train_idx], train=True)
@@ -438,15 +498,19 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
             images, targets, self.pil_transform(train=train), return_indices=indices
         )
 
-    def pil_transform(self, *, train: bool) -> transforms.Compose:
+    def pil_transform(self, *, train: bool) -> transforms.Compose | NormalizedViews:
         """The per-sample torchvision pipeline used by ``augment="pil"``.
 
         Args:
-            train: Include ``RandomCrop(32, padding=4)`` and ``RandomHorizontalFlip()``.
+            train: Include ``RandomCrop(32, padding=4)`` and ``RandomHorizontalFlip()``, or
+                with ``views`` make the views instead.
 
         Returns:
-            Transform from a PIL image to a normalised float tensor ``(3, 32, 32)``.
+            Transform from a PIL image to a normalised float tensor ``(3, 32, 32)``; for
+            training with ``views``, to a list of normalised views.
         """
+        if train and self.views is not None:
+            return NormalizedViews(self.views, self.mean, self.std)
         steps: list[Any] = []
         if train:
             steps += [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
@@ -498,18 +562,71 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
         """Test-split batches, for ``trainer.predict``."""
         return self._loader(self.test_dataset, "test", train=False)
 
+    def feature_bank_dataloader(self, *, num_replicas: int = 1, rank: int = 0) -> DataLoader[Any]:
+        """The training images with evaluation transforms, e.g. as a kNN feature bank.
+
+        The same images as :meth:`train_dataloader` (after ``val_split`` and
+        ``train_subset``), never augmented, in order, batches of ``eval_batch_size``, the last
+        one kept. Batches are ``[images, targets]`` exactly as the validation loader's: with
+        ``augment="batch"``, ``uint8`` images that :meth:`on_after_batch_transfer` normalises
+        while the trainer is not training (e.g. at the start of a validation epoch).
+
+        Args:
+            num_replicas: Number of shards (processes).
+            rank: This shard: images ``rank, rank + num_replicas, ...``, without padding, so
+                the shards together hold every training image exactly once.
+
+        Returns:
+            An unshuffled DataLoader over this shard.
+
+        Raises:
+            RuntimeError: If ``setup("fit")`` has not run.
+            ValueError: If ``num_replicas < 1`` or ``rank`` is not in ``[0, num_replicas)``.
+        """
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got "
+                f"num_replicas={num_replicas}, rank={rank}"
+            )
+        train = self.train_dataset
+        if train is None:
+            raise RuntimeError(
+                "no training dataset: call setup('fit') before feature_bank_dataloader()"
+            )
+        bank: CifarDataset
+        if isinstance(train, UInt8ImageDataset):
+            bank = UInt8ImageDataset(train.images, train.targets)
+        else:  # same stored images, evaluation transform
+            bank = copy.copy(train)
+            bank.transform = self.pil_transform(train=False)
+            bank.return_indices = False
+        shard = Subset(bank, range(rank, len(bank), num_replicas))
+        return DataLoader(
+            shard,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_uint8_batch if self.augment == "batch" else None,
+            pin_memory=self.pin_memory,
+        )
+
     # ------------------------------------------------------------------ batch transforms
-    def transform_batch(self, batch: list[Tensor], *, train: bool) -> list[Tensor]:
+    def transform_batch(self, batch: list[Tensor], *, train: bool) -> list[Any]:
         """Turn a ``uint8`` batch into model input, on the batch's device.
 
         Args:
-            batch: ``[images, targets]``: ``uint8`` ``(B, 3, 32, 32)`` and int64 ``(B,)``.
+            batch: ``[images, targets]``: ``uint8`` ``(B, 3, 32, 32)`` and int64 ``(B,)``
+                (plus int64 indices ``(B,)``, passed through).
             train: Apply :func:`random_crop_flip` (pad 4, per-sample offsets and flips, from
-                torch's global RNG on the batch's device) before normalising.
+                torch's global RNG on the batch's device) before normalising; with ``views``,
+                make the views with ``views.batch`` instead.
 
         Returns:
             ``[images, targets]``: float32 ``(B, 3, 32, 32)`` normalised with the dataset's
-            mean/std (``channels_last`` if requested) and int64 ``(B,)``.
+            mean/std (``channels_last`` if requested) and int64 ``(B,)``. For training with
+            ``views``: ``[views, targets]``, ``views`` a list of ``num_views`` normalised
+            float32 ``(B, 3, s, s)`` tensors, global views first.
 
         Raises:
             TypeError: If the images are not ``uint8``.
@@ -519,6 +636,9 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
             raise TypeError(
                 f"transform_batch expects uint8 images (augment='batch'), got {images.dtype}"
             )
+        if train and self.views is not None:
+            views = [self.normalize_batch(v) for v in self.views.batch(images)]
+            return [views, targets.long(), *batch[2:]]
         if train:
             images = random_crop_flip(images, padding=4)
         return [self.normalize_batch(images), targets.long(), *batch[2:]]
@@ -529,19 +649,27 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
 
         With ``augment="batch"``: training batches (``trainer.training``) get
         :meth:`transform_batch` with ``train=True``; every other batch, and any batch when no
-        trainer is attached, is only normalised. With ``augment="pil"`` the images are already
-        float and are only converted to ``channels_last`` if requested.
+        trainer is attached, is only normalised. With ``augment="pil"`` the images (or views)
+        are already float and are only converted to ``channels_last`` if requested.
 
         Args:
-            batch: ``[images, targets]`` from the DataLoader, already on the device.
+            batch: ``[images, targets]`` (or ``[views, targets]``, plus indices) from the
+                DataLoader, already on the device.
             dataloader_idx: Index of the DataLoader (unused).
 
         Returns:
-            ``[images, targets]``: float32 ``(B, 3, 32, 32)`` and int64 ``(B,)``.
+            ``[images, targets]``: float32 ``(B, 3, 32, 32)`` and int64 ``(B,)``; for training
+            with ``views``, ``[views, targets]`` (see :meth:`transform_batch`).
         """
         if self.augment == "pil":
             if self.channels_last:
-                batch = [batch[0].contiguous(memory_format=torch.channels_last), batch[1]]
+                cl = torch.channels_last
+                first = batch[0]
+                if isinstance(first, Tensor):
+                    first = first.contiguous(memory_format=cl)
+                else:
+                    first = [v.contiguous(memory_format=cl) for v in first]
+                batch = [first, *batch[1:]]
             return batch
         trainer = self.trainer
         training = trainer is not None and bool(trainer.training)

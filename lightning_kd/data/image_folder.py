@@ -8,6 +8,8 @@ Expected layout::
 
 Class indices follow the sorted class-folder names, which must be the same in ``train`` and
 ``val``. Images are decoded with PIL and transformed per sample in the DataLoader workers.
+With ``views`` (a :class:`~lightning_kd.data.views.MultiCropViews`), training samples are lists
+of normalised views for label-free self-distillation (DINO, BYOL).
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from typing_extensions import override
+
+from lightning_kd.data.views import MultiCropViews, NormalizedViews
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -85,7 +89,8 @@ class ImageFileDataset(Dataset[tuple[Any, ...]]):
 
     Args:
         samples: ``(path, class_index)`` pairs.
-        transform: Callable from a PIL image to a float tensor ``(3, H, W)``.
+        transform: Callable from a PIL image to a float tensor ``(3, H, W)`` (or to a list of
+            them, e.g. :class:`~lightning_kd.data.views.NormalizedViews`).
         return_indices: also return each sample's index (for per-sample state, e.g. CRD).
     """
 
@@ -120,6 +125,7 @@ class ImageFolderDataModule(LightningDataModule):
     ``Normalize(mean, std)``. Val/test/predict (all on ``val/``): ``Resize(resize_size)``,
     ``CenterCrop(image_size)``, ``ToTensor()``, ``Normalize(mean, std)``. Batches are
     ``[images, targets]``: float32 ``(B, 3, image_size, image_size)`` and int64 ``(B,)``.
+    :meth:`feature_bank_dataloader` serves the ``train/`` images with the evaluation pipeline.
 
     Args:
         data_dir: Root holding ``train/`` and ``val/``.
@@ -133,9 +139,16 @@ class ImageFolderDataModule(LightningDataModule):
         pin_memory: Passed to the DataLoaders.
         return_indices: Training batches also carry each image's index in the training set,
             ``(images, targets, indices)`` (for per-sample state, e.g. CRD).
+        views: Multi-view augmentation for label-free self-distillation (e.g.
+            :meth:`~lightning_kd.data.views.MultiCropViews.imagenet`). It replaces the
+            training pipeline: training batches become ``[views, targets]`` (plus indices),
+            ``views`` a list of ``views.num_views`` float32 tensors ``(B, 3, s, s)``
+            normalised with ``mean``/``std``. Evaluation batches are unchanged. Not stored in
+            ``hparams`` (the CLI records it in its config).
 
     Raises:
         ValueError: If a size or count is out of range, or mean/std do not have 3 entries.
+        TypeError: If ``views`` is not a ``MultiCropViews``.
     """
 
     def __init__(
@@ -150,6 +163,7 @@ class ImageFolderDataModule(LightningDataModule):
         std: tuple[float, float, float] = IMAGENET_STD,
         pin_memory: bool = False,
         return_indices: bool = False,
+        views: MultiCropViews | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -165,7 +179,9 @@ class ImageFolderDataModule(LightningDataModule):
             )
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise ValueError(f"mean and std need 3 entries with std > 0, got {mean} and {std}")
-        self.save_hyperparameters()
+        if views is not None and not isinstance(views, MultiCropViews):
+            raise TypeError(f"views must be a MultiCropViews or None, got {type(views).__name__}")
+        self.save_hyperparameters(ignore=["views"])
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
@@ -176,6 +192,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.std = tuple(std)
         self.pin_memory = pin_memory
         self.return_indices = return_indices
+        self.views = views
         self.train_dataset: ImageFileDataset | None = None
         self.val_dataset: ImageFileDataset | None = None
         self._scan: tuple[list[str], list[tuple[Path, int]], list[tuple[Path, int]]] | None = None
@@ -208,8 +225,11 @@ class ImageFolderDataModule(LightningDataModule):
         """Number of class folders."""
         return len(self.classes)
 
-    def train_transform(self) -> transforms.Compose:
-        """Per-sample training pipeline: PIL image -> float tensor ``(3, S, S)``."""
+    def train_transform(self) -> transforms.Compose | NormalizedViews:
+        """Per-sample training pipeline: PIL image -> float tensor ``(3, S, S)``, or with
+        ``views`` -> list of normalised views."""
+        if self.views is not None:
+            return NormalizedViews(self.views, self.mean, self.std)
         return transforms.Compose(
             [
                 transforms.RandomResizedCrop(self.image_size),
@@ -285,3 +305,40 @@ class ImageFolderDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader[Any]:
         """Batches from ``val/``."""
         return self._loader(self.val_dataset, train=False)
+
+    def feature_bank_dataloader(self, *, num_replicas: int = 1, rank: int = 0) -> DataLoader[Any]:
+        """The ``train/`` images with the evaluation pipeline, e.g. as a kNN feature bank.
+
+        Never augmented, in order, batches of ``eval_batch_size``, the last one kept; batches
+        are ``[images, targets]`` as the validation loader's (already normalised float32).
+
+        Args:
+            num_replicas: Number of shards (processes).
+            rank: This shard: images ``rank, rank + num_replicas, ...``, without padding, so
+                the shards together hold every training image exactly once.
+
+        Returns:
+            An unshuffled DataLoader over this shard.
+
+        Raises:
+            RuntimeError: If ``setup("fit")`` has not run.
+            ValueError: If ``num_replicas < 1`` or ``rank`` is not in ``[0, num_replicas)``.
+        """
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got "
+                f"num_replicas={num_replicas}, rank={rank}"
+            )
+        if self.train_dataset is None:
+            raise RuntimeError(
+                "no training dataset: call setup('fit') before feature_bank_dataloader()"
+            )
+        bank = ImageFileDataset(self.train_dataset.samples, self.eval_transform())
+        return DataLoader(
+            Subset(bank, range(rank, len(bank), num_replicas)),
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )

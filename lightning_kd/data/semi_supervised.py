@@ -42,7 +42,6 @@ set, as many as the epoch needs. Both streams are sharded over the DDP processes
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +73,7 @@ from lightning_kd.data.cifar_files import (
     read_cifar_split,
     resolve_cifar_dir,
 )
+from lightning_kd.data.label_split import read_split_file, write_split_file
 
 __all__ = [
     "CIFAR10SSLDataModule",
@@ -398,19 +398,15 @@ class CIFARSSLDataModuleBase(CIFARFiles, LightningDataModule):
         self.unlabeled_dataset = UInt8ImageDataset(images[unlabeled], targets[unlabeled])
 
     def _write_split_file(self, path: Path, labeled: Tensor, num_train_images: int) -> None:
-        """Write the split atomically (every DDP process may write the same content)."""
-        content = {
-            "dataset": self.layout.name,
-            "num_train_images": num_train_images,
-            "num_labels": self.num_labels,
-            "seed": self.seed,
-            "val_split": self.val_split,
-            "labeled_indices": labeled.tolist(),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(content) + "\n")
-        os.replace(tmp, path)
+        write_split_file(
+            path,
+            labeled,
+            dataset=self.layout.name,
+            num_train_images=num_train_images,
+            num_labels=self.num_labels,
+            seed=self.seed,
+            val_split=self.val_split,
+        )
 
     def _read_split_file(self, path: Path, targets: Tensor, val_idx: Tensor) -> Tensor:
         """Load ``split_file`` and check it against this DataModule and the data on disk.
@@ -423,47 +419,14 @@ class CIFARSSLDataModuleBase(CIFARFiles, LightningDataModule):
                 bad or repeated indices, class balance, overlap with the validation split).
         """
         where = f"split_file {str(path)!r}"
-        try:
-            content = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{where} is not valid JSON ({e})") from e
-        if not isinstance(content, dict) or not isinstance(content.get("labeled_indices"), list):
-            got = f"keys {sorted(content)}" if isinstance(content, dict) else type(content).__name__
+        labeled, _ = read_split_file(
+            path, dataset=self.layout.name, num_train_images=targets.numel()
+        )
+        if labeled.numel() != self.num_labels:
             raise ValueError(
-                f"{where} should hold a JSON object with a 'labeled_indices' list, got {got}"
-            )
-        indices = content["labeled_indices"]
-        n = targets.numel()
-        problems = []
-        if content.get("dataset") != self.layout.name:
-            problems.append(f"dataset is {content.get('dataset')!r}, expected {self.layout.name!r}")
-        if content.get("num_train_images") != n:
-            problems.append(
-                f"num_train_images is {content.get('num_train_images')!r}, but the training "
-                f"split in {self.data_dir!r} has {n} images"
-            )
-        if len(indices) != self.num_labels:
-            problems.append(
-                f"it lists {len(indices)} labeled indices, expected num_labels={self.num_labels}"
-            )
-        if problems:
-            raise ValueError(
-                f"{where} does not match this DataModule: {'; '.join(problems)}. Pass the "
-                "matching arguments, or another split_file path to create a new split."
-            )
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
-            raise ValueError(f"{where}: 'labeled_indices' must be integers")
-        labeled = torch.tensor(indices, dtype=torch.long)
-        if labeled.numel() and (int(labeled.min()) < 0 or int(labeled.max()) >= n):
-            raise ValueError(
-                f"{where}: labeled indices must lie in [0, {n}), got values from "
-                f"{int(labeled.min())} to {int(labeled.max())}"
-            )
-        labeled = labeled.sort().values
-        if labeled.unique().numel() != labeled.numel():
-            raise ValueError(
-                f"{where}: {labeled.numel() - labeled.unique().numel()} labeled indices are "
-                "repeated"
+                f"{where} lists {labeled.numel()} labeled indices, expected "
+                f"num_labels={self.num_labels}. Pass the matching num_labels, or another "
+                "split_file path to create a new split."
             )
         counts = torch.bincount(targets[labeled], minlength=self.num_classes)
         per_class = self.num_labels // self.num_classes

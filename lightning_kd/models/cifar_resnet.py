@@ -90,16 +90,18 @@ class CIFARResNet(nn.Module):
     """CIFAR ResNet with basic blocks and depth ``6n + 2``.
 
     Attributes ``conv1``/``bn1`` (stem), ``layer1``, ``layer2``, ``layer3`` (stages) and
-    ``fc`` (classifier) are stable names for feature taps.
+    ``fc`` (classifier) are stable names for feature taps. ``num_features`` is the width of
+    the pooled features (``channels[3]``).
 
     Args:
         depth: Total number of weighted layers, ``6n + 2`` (8, 14, 20, 32, 44, 56, 110, ...).
-        num_classes: Number of output logits.
+        num_classes: Number of output logits; ``0`` for no classifier (``fc`` is
+            ``nn.Identity`` and ``forward`` returns the pooled features).
         channels: ``(stem, stage1, stage2, stage3)`` widths, e.g. ``(16, 16, 32, 64)`` for
             resnet20 and ``(32, 64, 128, 256)`` for the "x4" variants.
 
     Raises:
-        ValueError: If ``depth`` is not ``6n + 2`` with ``n >= 1``, ``num_classes < 1`` or
+        ValueError: If ``depth`` is not ``6n + 2`` with ``n >= 1``, ``num_classes < 0`` or
             ``channels`` is not four positive ints.
     """
 
@@ -114,8 +116,8 @@ class CIFARResNet(nn.Module):
             raise ValueError(
                 f"CIFARResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...), got {depth}"
             )
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no classifier), got {num_classes}")
         widths = tuple(channels)  # YAML may give a list
         if len(widths) != 4 or any(not isinstance(c, int) or c < 1 for c in widths):
             raise ValueError(f"channels must be four positive ints, got {channels!r}")
@@ -125,6 +127,7 @@ class CIFARResNet(nn.Module):
         self.depth = depth
         self.num_classes = num_classes
         self.channels = widths
+        self.num_features = w3
         self.conv1 = nn.Conv2d(3, stem, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU(inplace=True)
@@ -132,7 +135,7 @@ class CIFARResNet(nn.Module):
         self.layer2 = self._make_stage(w1, w2, blocks_per_stage, stride=2)
         self.layer3 = self._make_stage(w2, w3, blocks_per_stage, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(w3, num_classes)
+        self.fc: nn.Module = nn.Linear(w3, num_classes) if num_classes > 0 else nn.Identity()
         init_conv_bn_(self)
 
     @staticmethod
@@ -142,20 +145,21 @@ class CIFARResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Compute logits.
+        """Compute logits (or pooled features when ``num_classes == 0``).
 
         Args:
             x: Images of shape ``(B, 3, H, W)`` (32x32 on CIFAR).
 
         Returns:
-            Logits of shape ``(B, num_classes)``.
+            Logits of shape ``(B, num_classes)``, or features ``(B, num_features)``.
         """
         x = self.relu(self.bn1(self.conv1(x)))  # (B, stem, H, W)
         x = self.layer1(x)  # (B, w1, H, W)
         x = self.layer2(x)  # (B, w2, H/2, W/2)
         x = self.layer3(x)  # (B, w3, H/4, W/4)
         x = self.avgpool(x).flatten(1)  # (B, w3)
-        return self.fc(x)  # (B, num_classes)
+        out: Tensor = self.fc(x)  # (B, num_classes) or (B, w3)
+        return out
 
 
 _NARROW = (16, 16, 32, 64)

@@ -48,6 +48,7 @@ def load_weights(
     prefix: str | None = None,
     strict: bool = True,
     skip_mismatched_classifier: bool = False,
+    drop_prefixes: Sequence[str] = (),
 ) -> nn.Module:
     """Load weights from a checkpoint or state-dict file into ``model`` in place.
 
@@ -69,6 +70,9 @@ def load_weights(
         skip_mismatched_classifier: Instead of raising on a class-count mismatch, load
             everything except the classifier tensors (which keep their current values) and
             emit a warning on rank zero.
+        drop_prefixes: Checkpoint keys that start with one of these, once the prefix is
+            stripped (i.e. named as in ``model.state_dict()``), are ignored, e.g.
+            ``("net.fc.",)`` to load a backbone whose classifier was removed.
 
     Returns:
         ``model``, with the weights loaded.
@@ -96,6 +100,8 @@ def load_weights(
     else:
         prefixes = _LIGHTNING_PREFIXES if is_lightning else _PLAIN_PREFIXES
     used_prefix, state = _select_view(state, model_state, prefixes, file)
+    if drop_prefixes:
+        state = {k: v for k, v in state.items() if not k.startswith(tuple(drop_prefixes))}
 
     skipped = _check_compatible(
         model,

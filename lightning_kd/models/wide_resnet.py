@@ -63,11 +63,13 @@ class WideResNet(nn.Module):
 
     Attributes ``conv1`` (stem), ``layer1``, ``layer2``, ``layer3`` (stages), ``bn``
     (final norm before pooling) and ``fc`` (classifier) are stable names for feature taps.
+    ``num_features`` is the width of the pooled features (``64k``).
 
     Args:
         depth: Total depth, ``6n + 4`` (10, 16, 22, 28, 40, ...).
         widen_factor: Width multiplier ``k``; stage widths are ``(16k, 32k, 64k)``.
-        num_classes: Number of output logits.
+        num_classes: Number of output logits; ``0`` for no classifier (``fc`` is
+            ``nn.Identity`` and ``forward`` returns the pooled features).
         dropout: Dropout probability inside each block (0 disables it).
 
     Raises:
@@ -90,8 +92,8 @@ class WideResNet(nn.Module):
             )
         if widen_factor < 1:
             raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no classifier), got {num_classes}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         blocks_per_stage = (depth - 4) // 6
@@ -100,6 +102,7 @@ class WideResNet(nn.Module):
         self.depth = depth
         self.widen_factor = widen_factor
         self.num_classes = num_classes
+        self.num_features = w3
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.layer1 = self._make_stage(16, w1, blocks_per_stage, 1, dropout)
         self.layer2 = self._make_stage(w1, w2, blocks_per_stage, 2, dropout)
@@ -107,9 +110,11 @@ class WideResNet(nn.Module):
         self.bn = nn.BatchNorm2d(w3)
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(w3, num_classes)
+        self.fc: nn.Module = nn.Identity()
+        if num_classes > 0:
+            self.fc = nn.Linear(w3, num_classes)
+            nn.init.zeros_(self.fc.bias)
         init_conv_bn_(self)
-        nn.init.zeros_(self.fc.bias)
 
     @staticmethod
     def _make_stage(
@@ -120,13 +125,13 @@ class WideResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Compute logits.
+        """Compute logits (or pooled features when ``num_classes == 0``).
 
         Args:
             x: Images of shape ``(B, 3, H, W)`` (32x32 on CIFAR).
 
         Returns:
-            Logits of shape ``(B, num_classes)``.
+            Logits of shape ``(B, num_classes)``, or features ``(B, num_features)``.
         """
         x = self.conv1(x)  # (B, 16, H, W)
         x = self.layer1(x)  # (B, 16k, H, W)
@@ -134,7 +139,8 @@ class WideResNet(nn.Module):
         x = self.layer3(x)  # (B, 64k, H/4, W/4)
         x = self.relu(self.bn(x))
         x = self.avgpool(x).flatten(1)  # (B, 64k)
-        return self.fc(x)  # (B, num_classes)
+        out: Tensor = self.fc(x)  # (B, num_classes) or (B, 64k)
+        return out
 
 
 def wrn_16_2(num_classes: int = 100) -> WideResNet:

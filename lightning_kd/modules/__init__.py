@@ -1,10 +1,13 @@
-"""LightningModules: the plain classifier and the distillation methods."""
+"""LightningModules: the plain classifier, the distillation methods and self-distillation."""
 
 from lightning_kd.modules.base import LightningKDModule, sgd
+from lightning_kd.modules.byol import BYOLModule
 from lightning_kd.modules.classifier import ClassifierModule
+from lightning_kd.modules.dino import DINOModule
 from lightning_kd.modules.feature_kd import FeatureKDModule
 from lightning_kd.modules.kd import KDModule
 from lightning_kd.modules.mean_teacher import MeanTeacherModule
+from lightning_kd.modules.self_distillation import BackboneWithHead, SelfDistillationModule
 from lightning_kd.modules.terms import (
     AttentionTerm,
     CRDTerm,
@@ -17,8 +20,11 @@ from lightning_kd.modules.terms import (
 
 __all__ = [
     "AttentionTerm",
+    "BYOLModule",
+    "BackboneWithHead",
     "CRDTerm",
     "ClassifierModule",
+    "DINOModule",
     "DKDTerm",
     "DistillationTerm",
     "FeatureKDModule",
@@ -27,6 +33,7 @@ __all__ = [
     "LightningKDModule",
     "MeanTeacherModule",
     "RKDTerm",
+    "SelfDistillationModule",
     "TermInputs",
     "sgd",
 ]

@@ -5,6 +5,7 @@ base logs what it returns, builds the optimizer over trainable parameters only, 
 evaluation loops from :meth:`evaluate`.
 """
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -201,6 +202,25 @@ def object_arguments(*names: str) -> list[str]:
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
     return [] if _given_hyperparameters.get() is not None else list(names)
+
+
+def steps_per_epoch(trainer: L.Trainer, setting: str) -> int:
+    """Optimizer steps in one training epoch, to turn a ``setting`` given in epochs into steps.
+
+    Args:
+        trainer: The running trainer (its training dataloader must have a length).
+        setting: Name of the epoch-valued argument being converted, for the error message.
+
+    Raises:
+        ValueError: If the training dataloader has no length.
+    """
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        raise ValueError(
+            f"{setting} > 0 needs a training dataloader with a length to turn epochs into "
+            f"steps, got num_training_batches={batches}; use a sized dataloader or {setting}=0"
+        )
+    return max(1, math.ceil(int(batches) / trainer.accumulate_grad_batches))
 
 
 def _batch_size(batch: Any) -> int:

@@ -5,7 +5,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -17,7 +16,13 @@ from typing_extensions import override
 from lightning_kd.ema import ema_update_
 from lightning_kd.losses.consistency import softmax_kl_loss, softmax_mse_loss
 from lightning_kd.metrics import topk_correct
-from lightning_kd.modules.base import Batch, LightningKDModule, object_arguments, sgd
+from lightning_kd.modules.base import (
+    Batch,
+    LightningKDModule,
+    object_arguments,
+    sgd,
+    steps_per_epoch,
+)
 from lightning_kd.schedules import sigmoid_rampup
 
 __all__ = ["MeanTeacherModule"]
@@ -255,7 +260,9 @@ class MeanTeacherModule(LightningKDModule):
         ramp-up is 0)."""
         if self.consistency_rampup_epochs == 0:
             return self.consistency_weight
-        return self.consistency_weight_at(self.trainer.global_step, _steps_per_epoch(self.trainer))
+        return self.consistency_weight_at(
+            self.trainer.global_step, steps_per_epoch(self.trainer, "consistency_rampup_epochs")
+        )
 
     # ------------------------------------------------------------------ training / evaluation
     def forward(self, x: Tensor) -> Tensor:
@@ -314,18 +321,6 @@ def _forget_host_counter(module: nn.Module, incompatible_keys: Any) -> None:
     """``load_state_dict`` post-hook: the ``ema_updates`` buffer may have changed."""
     assert isinstance(module, MeanTeacherModule)
     module._ema_updates_host = None
-
-
-def _steps_per_epoch(trainer: L.Trainer) -> int:
-    """Optimizer steps in one training epoch (``estimated_stepping_batches`` per epoch)."""
-    batches = trainer.num_training_batches
-    if not math.isfinite(batches):
-        raise ValueError(
-            "consistency_rampup_epochs > 0 needs a training dataloader with a length to turn "
-            f"epochs into steps, got num_training_batches={batches}; use a sized dataloader "
-            "or consistency_rampup_epochs=0"
-        )
-    return max(1, math.ceil(int(batches) / trainer.accumulate_grad_batches))
 
 
 def _scalar(value: float, like: Tensor) -> Tensor:

@@ -1,0 +1,23 @@
+"""Online evaluation of label-free (self-distilled) backbones during training.
+
+Both callbacks rely on a small protocol with the LightningModule and the DataModule:
+
+* ``pl_module.training_step`` returns ``{"loss": ..., "features": (B, D), "targets": (B,)}``:
+  detached float features of the first global view and their int64 labels;
+* ``pl_module.validation_step`` returns ``{"features": (B, D), "targets": (B,)}`` for the
+  validation images (dataloader 0);
+* ``pl_module.embed(images) -> (B, D)``: the evaluated backbone's features (kNN bank);
+* ``trainer.datamodule.num_classes`` and
+  ``trainer.datamodule.feature_bank_dataloader(*, num_replicas=1, rank=0)``, which yields
+  ``[images, targets]`` over the labeled training images with eval transforms, sharded
+  ``rank::num_replicas`` without padding (kNN bank).
+
+:class:`KNNEvaluation` logs the weighted-kNN accuracy ``val/knn_acc`` (and ``val/knn_acc5``);
+:class:`OnlineLinearProbe` trains a linear classifier on the detached features and logs
+``train/probe_loss``, ``train/probe_acc`` and ``val/probe_acc``.
+"""
+
+from lightning_kd.callbacks.knn import KNNEvaluation, knn_predict
+from lightning_kd.callbacks.linear_probe import OnlineLinearProbe
+
+__all__ = ["KNNEvaluation", "OnlineLinearProbe", "knn_predict"]
