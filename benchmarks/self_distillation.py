@@ -23,6 +23,9 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/self_distillation.py --data-dir ../shared/data --seeds 0 1
 
+Rows can also be trained in separate invocations (``--seeds 1 --methods dino byol --json
+a.json``, ...) and reported together with ``--seeds --previous a.json b.json``.
+
 Writes ``benchmarks/results/self_distillation.md`` (and a JSON file with ``--json``).
 """
 
@@ -192,7 +195,9 @@ def report(rows: list[Row]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--seeds", type=int, nargs="*", default=[0, 1], help="none: only report --previous"
+    )
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out-dir", type=Path, default=Path("runs/benchmarks/self_distillation"))
     parser.add_argument("--json", type=Path, default=None)
