@@ -204,6 +204,12 @@ def object_arguments(*names: str) -> list[str]:
     return [] if _given_hyperparameters.get() is not None else list(names)
 
 
+def scalar(value: float, like: Tensor) -> Tensor:
+    """A float32 0-d tensor on ``like``'s device, filled without a host-to-device copy (to
+    return a Python number, e.g. a schedule value, as a logged part of ``compute_losses``)."""
+    return torch.full((), value, dtype=torch.float32, device=like.device)
+
+
 def steps_per_epoch(trainer: L.Trainer, setting: str) -> int:
     """Optimizer steps in one training epoch, to turn a ``setting`` given in epochs into steps.
 

@@ -12,12 +12,11 @@ from typing_extensions import override
 
 from lightning_kd.heads import ProjectionMLP
 from lightning_kd.losses.byol import byol_loss
-from lightning_kd.modules.base import Batch, object_arguments, sgd
+from lightning_kd.modules.base import Batch, object_arguments, scalar, sgd
 from lightning_kd.modules.self_distillation import (
     BackboneWithHead,
     SelfDistillationModule,
     backbone_features,
-    scalar,
     training_views,
 )
 

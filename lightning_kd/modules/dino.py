@@ -12,12 +12,11 @@ from typing_extensions import override
 
 from lightning_kd.heads import DINOHead
 from lightning_kd.losses.dino import DINOCenter, dino_loss, teacher_entropy
-from lightning_kd.modules.base import Batch, object_arguments, sgd, steps_per_epoch
+from lightning_kd.modules.base import Batch, object_arguments, scalar, sgd, steps_per_epoch
 from lightning_kd.modules.self_distillation import (
     BackboneWithHead,
     SelfDistillationModule,
     backbone_features,
-    scalar,
     training_views,
 )
 from lightning_kd.schedules import linear_warmup

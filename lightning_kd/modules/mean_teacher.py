@@ -20,6 +20,7 @@ from lightning_kd.modules.base import (
     Batch,
     LightningKDModule,
     object_arguments,
+    scalar,
     sgd,
     steps_per_epoch,
 )
@@ -289,8 +290,8 @@ class MeanTeacherModule(LightningKDModule):
             "loss": self.ce_weight * ce + weight * consistency,
             "loss_ce": ce,
             "loss_consistency": consistency,
-            "consistency_weight": _scalar(weight, ce),
-            "ema_decay": _scalar(tau, ce),
+            "consistency_weight": scalar(weight, ce),
+            "ema_decay": scalar(tau, ce),
             "acc": topk_correct(detached[:n_labeled], y).mean(),
             "unlabeled_acc": _known_label_accuracy(detached[n_labeled:], u_y, num_classes),
             "teacher_unlabeled_acc": _known_label_accuracy(
@@ -321,11 +322,6 @@ def _forget_host_counter(module: nn.Module, incompatible_keys: Any) -> None:
     """``load_state_dict`` post-hook: the ``ema_updates`` buffer may have changed."""
     assert isinstance(module, MeanTeacherModule)
     module._ema_updates_host = None
-
-
-def _scalar(value: float, like: Tensor) -> Tensor:
-    """A float32 0-d tensor on ``like``'s device, filled without a host-to-device copy."""
-    return torch.full((), value, dtype=torch.float32, device=like.device)
 
 
 def _known_label_accuracy(logits: Tensor, targets: Tensor, num_classes: int) -> Tensor:

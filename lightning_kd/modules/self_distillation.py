@@ -52,7 +52,6 @@ __all__ = [
     "BackboneWithHead",
     "SelfDistillationModule",
     "backbone_features",
-    "scalar",
     "training_views",
 ]
 
@@ -303,8 +302,3 @@ class SelfDistillationModule(LightningKDModule):
         """The backbone of :attr:`eval_network` (without the self-distillation head)."""
         network = self.teacher if self.eval_network == "teacher" else self.student
         return network.backbone
-
-
-def scalar(value: float, like: Tensor) -> Tensor:
-    """A float32 0-d tensor on ``like``'s device (for logging a Python number as a part)."""
-    return torch.full((), value, dtype=torch.float32, device=like.device)
