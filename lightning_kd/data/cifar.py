@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from typing_extensions import override
 
@@ -45,6 +45,7 @@ from lightning_kd.data.cifar_files import (
     read_cifar_split,
     resolve_cifar_dir,
 )
+from lightning_kd.data.feature_bank import bank_shard, check_shard
 from lightning_kd.data.label_split import read_split_file
 from lightning_kd.data.views import MultiCropViews, NormalizedViews
 
@@ -583,11 +584,7 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
             RuntimeError: If ``setup("fit")`` has not run.
             ValueError: If ``num_replicas < 1`` or ``rank`` is not in ``[0, num_replicas)``.
         """
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got "
-                f"num_replicas={num_replicas}, rank={rank}"
-            )
+        check_shard(num_replicas=num_replicas, rank=rank)
         train = self.train_dataset
         if train is None:
             raise RuntimeError(
@@ -600,9 +597,8 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
             bank = copy.copy(train)
             bank.transform = self.pil_transform(train=False)
             bank.return_indices = False
-        shard = Subset(bank, range(rank, len(bank), num_replicas))
         return DataLoader(
-            shard,
+            bank_shard(bank, num_replicas=num_replicas, rank=rank),
             batch_size=self.eval_batch_size,
             shuffle=False,
             drop_last=False,

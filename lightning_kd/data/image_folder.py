@@ -20,10 +20,11 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from typing_extensions import override
 
+from lightning_kd.data.feature_bank import bank_shard, check_shard
 from lightning_kd.data.views import MultiCropViews, NormalizedViews
 
 __all__ = [
@@ -324,18 +325,14 @@ class ImageFolderDataModule(LightningDataModule):
             RuntimeError: If ``setup("fit")`` has not run.
             ValueError: If ``num_replicas < 1`` or ``rank`` is not in ``[0, num_replicas)``.
         """
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"need num_replicas >= 1 and 0 <= rank < num_replicas, got "
-                f"num_replicas={num_replicas}, rank={rank}"
-            )
+        check_shard(num_replicas=num_replicas, rank=rank)
         if self.train_dataset is None:
             raise RuntimeError(
                 "no training dataset: call setup('fit') before feature_bank_dataloader()"
             )
         bank = ImageFileDataset(self.train_dataset.samples, self.eval_transform())
         return DataLoader(
-            Subset(bank, range(rank, len(bank), num_replicas)),
+            bank_shard(bank, num_replicas=num_replicas, rank=rank),
             batch_size=self.eval_batch_size,
             shuffle=False,
             drop_last=False,
