@@ -1,15 +1,16 @@
-"""The README's figures, drawn from the TensorBoard logs of the measured runs.
+"""Figures of the benchmark runs, drawn from their TensorBoard logs (``docs/figures/bench_*``).
 
-The notebooks draw the same figures from their own runs; this script draws them from the runs
-behind the README's tables, so the pictures and the numbers agree:
+The notebooks draw similar figures from their own runs (one seed); this script draws them
+from all the runs behind the README's tables, so the pictures and the numbers agree:
 
-* ``01_classical_kd.png``: the quickstart teacher's soft targets at T = 1, 2, 4, 8 for the first
-  CIFAR-10 test image, and the vanilla vs KD students' test accuracy over training (quickstart,
-  seed 0: ``make quickstart``).
-* ``02_mean_teacher.png``: student vs EMA teacher test accuracy over training for each seed,
-  with the supervised-only baseline's final accuracy (``benchmarks/mean_teacher.py``).
-* ``03_dino.png``: kNN accuracy over training of DINO and BYOL against the random-init
-  backbone, and DINO's teacher output entropy (``benchmarks/self_distillation.py``).
+* ``bench_quickstart.png``: the quickstart teacher's soft targets at T = 1, 2, 4, 8 for the
+  first CIFAR-10 test image, and the vanilla vs KD students' test accuracy over training
+  (quickstart, seed 0: ``make quickstart``).
+* ``bench_mean_teacher.png``: student vs EMA teacher test accuracy over training for each
+  seed, with the supervised-only baseline's final accuracy (``benchmarks/mean_teacher.py``).
+* ``bench_self_distillation.png``: kNN accuracy over training of DINO and BYOL against the
+  random-init backbone, and DINO's teacher output entropy
+  (``benchmarks/self_distillation.py``).
 
 Usage (from the repository root, after those runs)::
 
@@ -87,7 +88,7 @@ def classical_kd(data_dir: str, runs: Path, out: Path) -> None:
     ax.set(title="test accuracy (quickstart, seed 0)", xlabel="epoch", ylabel="%")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small")
-    fig.savefig(out / "01_classical_kd.png", dpi=110)
+    fig.savefig(out / "bench_quickstart.png", dpi=110)
     plt.close(fig)
 
 
@@ -120,7 +121,7 @@ def mean_teacher(runs: Path, rows_file: Path | None, out: Path) -> None:
         )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small")
-    fig.savefig(out / "02_mean_teacher.png", dpi=110)
+    fig.savefig(out / "bench_mean_teacher.png", dpi=110)
     plt.close(fig)
 
 
@@ -160,7 +161,7 @@ def self_distillation(runs: Path, rows_file: Path | None, out: Path) -> None:
     ax_h.axhline(0.0, color="black", ls=":", label="0 (one-hot collapse)")
     ax_h.set(title="DINO teacher output entropy", xlabel="optimizer step", ylabel="nats")
     ax_h.legend(fontsize="small")
-    fig.savefig(out / "03_dino.png", dpi=110)
+    fig.savefig(out / "bench_self_distillation.png", dpi=110)
     plt.close(fig)
 
 
