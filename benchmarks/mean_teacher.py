@@ -138,8 +138,10 @@ def history(out_dir: Path, seeds: list[int]) -> str:
         versions = sorted((out_dir / f"seed{seed}" / "mean_teacher").glob("version_*"))
         if not versions:
             continue
-        table = read_scalars({"mt": versions[-1]}, ["val/acc", "val/teacher_acc"])
-        student, teacher = table["mt", "val/acc"].values, table["mt", "val/teacher_acc"].values
+        # The recipe validates on the test split (val_split=0), so the tags are val_on_test/.
+        tags = ["val_on_test/acc", "val_on_test/teacher_acc"]
+        table = read_scalars({"mt": versions[-1]}, tags)
+        student, teacher = table["mt", tags[0]].values, table["mt", tags[1]].values
         gaps = ", ".join(f"{100 * (t - s):+.2f}" for s, t in zip(student, teacher, strict=True))
         lines.append(f"| {seed} | {gaps} |")
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -88,7 +88,9 @@ class FeatureEvaluation(L.LightningModule):
 
 def knn_accuracy(backbone: nn.Module, data_dir: str) -> tuple[float, float]:
     """Top-1 / top-5 kNN accuracy of ``backbone`` (eval mode) on the CIFAR-10 test split."""
-    data = CIFAR10DataModule(data_dir, batch_size=500, channels_last=True)
+    # val_split=0: this final evaluation "validates" on the test split (the bank is all 50,000
+    # training images); nothing is selected on it.
+    data = CIFAR10DataModule(data_dir, batch_size=500, channels_last=True, val_split=0)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

@@ -19,7 +19,9 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lightning_kd.cli import build_cli
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_kd.cli import build_cli, claim_checkpoint_folder
 
 RUNS = ("teacher", "student_vanilla", "student_kd")
 
@@ -57,6 +59,10 @@ def _run(
         # The quickstart's own argv is not meant for LightningCLI; it gets ``args`` only.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run")
         cli = build_cli(args, run=False)
+    for callback in cli.trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, ModelCheckpoint):
+            # A quickstart re-run replaces its own checkpoints (no last-v1.ckpt beside them).
+            claim_checkpoint_folder(callback, overwrite=True)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     fit_seconds = time.perf_counter() - start

@@ -8,9 +8,16 @@ resuming from a checkpoint needs nothing beyond the restored step.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["cosine_schedule", "linear_warmup", "sigmoid_rampup"]
+import lightning as L
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
+
+__all__ = ["check_run_length", "cosine_schedule", "linear_warmup", "run_length", "sigmoid_rampup"]
 
 
 def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> float:
@@ -105,3 +112,78 @@ def sigmoid_rampup(step: int, rampup_steps: int, max_value: float = 1.0) -> floa
         return max_value
     t = min(max(step / rampup_steps, 0.0), 1.0)
     return max_value * math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def run_length(trainer: L.Trainer, interval: str) -> int:
+    """Scheduler steps of the whole run: optimizer steps (``interval="step"``, from
+    ``trainer.estimated_stepping_batches``, which counts accumulation, ``limit_train_batches``
+    and ``max_steps``) or epochs (``"epoch"``, ``trainer.max_epochs``).
+
+    Raises:
+        ValueError: If the run has no finite length (``max_epochs=-1`` without ``max_steps``).
+    """
+    if interval == "step":
+        total = trainer.estimated_stepping_batches
+    else:
+        total = trainer.max_epochs if trainer.max_epochs is not None else math.inf
+    if not math.isfinite(total) or total < 1:
+        raise ValueError(
+            f"the LR schedule needs the run length, but this run has none (scheduler_interval="
+            f"{interval!r}: {total}); set trainer.max_epochs or trainer.max_steps"
+        )
+    return int(total)
+
+
+def _scheduler_class(factory: Callable[..., Any]) -> type | None:
+    """The class a scheduler factory builds: the factory itself, or the class a
+    ``functools.partial`` wraps (what LightningCLI and jsonargparse make from YAML)."""
+    if isinstance(factory, type):
+        return factory
+    if isinstance(factory, functools.partial):
+        inner = [factory.func, *factory.args]
+        return next((x for x in inner if isinstance(x, type)), None)
+    return None
+
+
+def check_run_length(
+    factory: Callable[..., Any], optimizer: Optimizer, trainer: L.Trainer, *, interval: str
+) -> LRScheduler:
+    """Build an LR scheduler whose length matches the run.
+
+    ``OneCycleLR`` is the scheduler that breaks when the run length changes: it raises after
+    ``total_steps`` steps, or never finishes its annealing. Built without ``total_steps``
+    (and without ``epochs`` / ``steps_per_epoch``) it gets the run's length from
+    :func:`run_length`; built with one, that length must equal the run's, else this fails
+    before training starts (skipped under ``fast_dev_run``). Other schedulers are built as
+    they are.
+
+    Args:
+        factory: Callable from the optimizer to the scheduler (the module's ``scheduler``).
+        optimizer: The optimizer to schedule.
+        trainer: The running trainer.
+        interval: ``"step"`` or ``"epoch"``: how often Lightning steps the scheduler.
+
+    Raises:
+        ValueError: If a ``OneCycleLR`` length in the config differs from the run's.
+    """
+    cls = _scheduler_class(factory)
+    if cls is None or not issubclass(cls, OneCycleLR):
+        scheduler = factory(optimizer)
+        if not isinstance(scheduler, OneCycleLR):
+            return scheduler
+    else:
+        keywords = factory.keywords if isinstance(factory, functools.partial) else {}
+        if keywords.get("total_steps") is None and keywords.get("epochs") is None:
+            return factory(optimizer, total_steps=run_length(trainer, interval))
+        scheduler = factory(optimizer)
+    expected = run_length(trainer, interval)
+    if scheduler.total_steps != expected and not getattr(trainer, "fast_dev_run", False):
+        unit = "optimizer steps" if interval == "step" else "epochs"
+        raise ValueError(
+            f"OneCycleLR is set to {scheduler.total_steps} {unit}, but this run makes "
+            f"{expected} {unit} (scheduler_interval={interval!r}, max_epochs="
+            f"{trainer.max_epochs}, max_steps={trainer.max_steps}). Remove total_steps (and "
+            "epochs / steps_per_epoch) from the scheduler's init_args to take the length from "
+            "the trainer."
+        )
+    return scheduler

@@ -64,14 +64,28 @@ def test_fit_then_validate_test_predict(config: Path, tmp_path: Path) -> None:
     assert ckpt.is_file()
     run_dir = tmp_path / "cli" / "run"
     assert list(run_dir.glob("events.out.tfevents.*"))
-    # The module's own hyperparameters and the whole resolved config are recorded.
+    # The whole resolved config is recorded, flat, with the module's settings.
     hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
-    assert hparams["temperature"] == 3.0 and hparams["alpha"] == 0.25
-    assert '"class_path":"lightning_kd.models.SmallCNN"' in hparams["config"]
+    assert hparams["model.temperature"] == 3.0 and hparams["model.alpha"] == 0.25
+    assert hparams["model.student"] == "lightning_kd.models.SmallCNN"
+    assert hparams["model.student.width"] == 4 and hparams["model.teacher.width"] == 8
     assert (run_dir / "config.yaml").is_file()
 
-    for command in ("validate", "test", "predict"):
+    for command in ("validate", "test"):
         main([command, "--config", str(config), "--ckpt_path", str(ckpt)])
+    predictions = tmp_path / "predictions.pt"
+    main(
+        [
+            "predict",
+            "--config",
+            str(config),
+            "--ckpt_path",
+            str(ckpt),
+            "--predictions_file",
+            str(predictions),
+        ]
+    )
+    assert torch.load(predictions, weights_only=True)["logits"].shape[1] == 10
 
 
 def test_num_classes_linked_from_the_datamodule(config: Path, cifar100_dir: Path) -> None:

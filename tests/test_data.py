@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -83,7 +85,7 @@ def test_read_cifar10_layout_exact_pixels_and_labels(cifar10_dir: Path) -> None:
 
 
 def test_cifar10_datamodule_sizes_and_class_names(cifar10_dir: Path) -> None:
-    dm = _fit_dm(cifar10_dir, batch_size=32)
+    dm = _fit_dm(cifar10_dir, batch_size=32, val_split=0)
     assert dm.num_classes == 10
     assert dm.class_names[0] == "airplane" and dm.class_names[9] == "truck"
     assert isinstance(dm.train_dataset, UInt8ImageDataset) and len(dm.train_dataset) == 200
@@ -94,7 +96,7 @@ def test_cifar10_datamodule_sizes_and_class_names(cifar10_dir: Path) -> None:
 
 
 def test_cifar100_reads_fine_labels(cifar100_dir: Path) -> None:
-    dm = CIFAR100DataModule(data_dir=str(cifar100_dir), batch_size=50)
+    dm = CIFAR100DataModule(data_dir=str(cifar100_dir), batch_size=50, val_split=0)
     dm.setup("fit")
     assert dm.num_classes == 100
     assert dm.mean == CIFAR100_MEAN and dm.std == CIFAR100_STD
@@ -209,11 +211,14 @@ def test_setup_errors_that_need_the_data(cifar10_dir: Path) -> None:
     with pytest.raises(ValueError, match="holds out no image of 200"):
         _fit_dm(cifar10_dir, val_split=0.001)
     with pytest.raises(ValueError, match="train_subset=300 is larger than the 200"):
-        _fit_dm(cifar10_dir, train_subset=300)
-    dm = _fit_dm(cifar10_dir, batch_size=256)
+        _fit_dm(cifar10_dir, train_subset=300, val_split=0)
+    with pytest.raises(ValueError, match="train_subset=190 is larger than the 180"):
+        _fit_dm(cifar10_dir, train_subset=190)  # the default 10% validation split left 180
+    dm = _fit_dm(cifar10_dir, batch_size=256, val_split=0)
     with pytest.raises(ValueError, match="has 200 images, fewer than batch_size=256"):
         dm.train_dataloader()
-    assert len(_fit_dm(cifar10_dir, batch_size=256, drop_last=False).train_dataloader()) == 1
+    dm = _fit_dm(cifar10_dir, batch_size=256, val_split=0, drop_last=False)
+    assert len(dm.train_dataloader()) == 1
 
 
 # --------------------------------------------------------------------------- splits
@@ -237,6 +242,51 @@ def test_val_split_sizes_disjoint_and_seeded(
     assert isinstance(again, UInt8ImageDataset) and isinstance(other, UInt8ImageDataset)
     assert torch.equal(again.images, val.images)
     assert not torch.equal(other.images, val.images)
+
+
+def test_default_holds_out_ten_percent_of_the_training_images(cifar10_dir: Path) -> None:
+    assert inspect.signature(CIFAR10DataModule).parameters["val_split"].default == 0.1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm = _fit_dm(cifar10_dir)
+    assert not [w for w in caught if "val_split=0" in str(w.message)]
+    assert not dm.validates_on_test
+    train, val = dm.train_dataset, dm.val_dataset
+    assert isinstance(train, UInt8ImageDataset) and isinstance(val, UInt8ImageDataset)
+    assert len(val) == 20 and len(train) == 180
+    train_keys, val_keys = set(_image_keys(train.images)), set(_image_keys(val.images))
+    assert len(val_keys) == 20 and not train_keys & val_keys
+    folder = resolve_cifar_dir(cifar10_dir, CIFAR10_LAYOUT)
+    all_images, _ = read_cifar_split(folder, CIFAR10_LAYOUT, train=True)
+    assert train_keys | val_keys == set(_image_keys(all_images))
+    assert dm.test_dataset is None  # fit does not read the test split
+    dm.setup("test")
+    assert dm.test_dataset is not None and dm.val_dataset is val
+
+
+@pytest.mark.parametrize("cls", [CIFAR10DataModule, CIFAR100DataModule])
+def test_val_split_zero_warns_once_and_validates_on_test(
+    cifar10_dir: Path, cifar100_dir: Path, cls: type[CIFARDataModuleBase]
+) -> None:
+    data_dir = cifar10_dir if cls is CIFAR10DataModule else cifar100_dir
+    dm = cls(data_dir=str(data_dir), val_split=0)
+    assert dm.validates_on_test
+    with pytest.warns(UserWarning, match="test split") as record:
+        dm.setup("fit")
+        dm.setup("validate")
+        dm.setup("fit")
+    messages = [str(w.message) for w in record if "val_split=0" in str(w.message)]
+    assert len(messages) == 1
+    assert f"{dm.layout.name} test split" in messages[0] and "val_on_test/" in messages[0]
+    assert dm.test_dataset is not None and dm.val_dataset is dm.test_dataset
+    assert isinstance(dm.train_dataset, UInt8ImageDataset)
+    assert len(dm.train_dataset) == (200 if cls is CIFAR10DataModule else 300)
+    # A float 0 means the same; test alone does not warn.
+    assert cls(data_dir=str(data_dir), val_split=0.0).validates_on_test
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cls(data_dir=str(data_dir), val_split=0).setup("test")
+    assert not [w for w in caught if "val_split=0" in str(w.message)]
 
 
 def test_train_subset_is_class_balanced_and_seeded(cifar10_dir: Path) -> None:
@@ -341,7 +391,7 @@ def test_normalize_known_values() -> None:
 
 # --------------------------------------------------------------------------- batch hook
 def test_on_after_batch_transfer_eval_and_train(cifar10_dir: Path) -> None:
-    dm = _fit_dm(cifar10_dir, batch_size=32, channels_last=True)
+    dm = _fit_dm(cifar10_dir, batch_size=32, channels_last=True, val_split=0)
     raw = next(iter(dm.val_dataloader()))
     assert raw[0].dtype == torch.uint8 and raw[0].shape == (32, 3, 32, 32)
 
@@ -414,10 +464,12 @@ def test_trainer_uses_the_datamodule_hook(cifar10_dir: Path) -> None:
     val_pixels = ((model.seen["val"][0] * std + mean) * 255).round()
     assert (train_pixels == 0).flatten(1).any(1).float().mean() > 0.8
     assert not (val_pixels == 0).any()
-    # Validation = first 20 test images (unshuffled), only normalised.
-    test_images = torch.from_numpy(fake_images(np.arange(20) % 10, 10, size=32, seed=1))
-    expected = normalize(test_images, CIFAR10_MEAN, CIFAR10_STD)
+    # Validation = the 20 held-out training images (default val_split=0.1), in order, only
+    # normalised; fit never read the test split.
+    assert isinstance(dm.val_dataset, UInt8ImageDataset) and len(dm.val_dataset) == 20
+    expected = normalize(dm.val_dataset.images, CIFAR10_MEAN, CIFAR10_STD)
     torch.testing.assert_close(model.seen["val"][0], expected)
+    assert dm.test_dataset is None
 
 
 def test_pil_path_matches_batch_path_in_eval(cifar10_dir: Path) -> None:
@@ -437,7 +489,7 @@ def test_pil_path_matches_batch_path_in_eval(cifar10_dir: Path) -> None:
 # --------------------------------------------------------------------------- loaders
 def test_fast_path_with_worker_processes(cifar10_dir: Path) -> None:
     pickle.dumps(collate_uint8_batch)
-    dm = _fit_dm(cifar10_dir, batch_size=64, num_workers=2, drop_last=False)
+    dm = _fit_dm(cifar10_dir, batch_size=64, num_workers=2, drop_last=False, val_split=0)
     batches = list(dm.train_dataloader())
     assert [len(b[1]) for b in batches] == [64, 64, 64, 8]
     assert all(b[0].dtype == torch.uint8 for b in batches)
@@ -446,7 +498,7 @@ def test_fast_path_with_worker_processes(cifar10_dir: Path) -> None:
 
 
 def test_distributed_sampler_gives_disjoint_shards(cifar10_dir: Path) -> None:
-    dm = _fit_dm(cifar10_dir, batch_size=20)
+    dm = _fit_dm(cifar10_dir, batch_size=20, val_split=0)  # 100 images, 5 full batches a rank
     loader = dm.train_dataloader()
     dataset = loader.dataset
     assert isinstance(dataset, UInt8ImageDataset)
@@ -491,8 +543,11 @@ def test_download_uses_torchvision_only_when_missing(
     dm = CIFAR10DataModule(data_dir=str(target), download=True, batch_size=4)
     dm.prepare_data()
     assert calls == [(str(tmp_path), True), (str(tmp_path), False)]
-    dm.setup("fit")
-    assert dm.train_dataset is not None and len(dm.train_dataset) == 20
+    dm.setup("fit")  # 20 downloaded training images, 10% of them held out
+    assert dm.train_dataset is not None and len(dm.train_dataset) == 18
+    assert dm.val_dataset is not None and len(dm.val_dataset) == 2
+    dm.setup("test")
+    assert dm.test_dataset is not None and len(dm.test_dataset) == 10
 
 
 # --------------------------------------------------------------------------- CLI construction
@@ -577,6 +632,7 @@ def test_cifar_views_batches(cifar10_dir: Path, augment: str) -> None:
         views=views,
         channels_last=True,
         return_indices=True,
+        val_split=0,  # validation batches are the test images, known in closed form
     )
     assert "views" not in dm.hparams and dm.hparams["augment"] == augment
     raw = next(iter(dm.train_dataloader()))
@@ -659,7 +715,8 @@ def test_cifar_views_trainer_fit_and_feature_bank_hook(cifar10_dir: Path) -> Non
     trainer.fit(model, datamodule=dm)
     assert model.train_shapes == [[(20, 3, 32, 32)] * 2] * 2
     bank = torch.cat(model.bank)
-    assert bank.shape == (200, 3, 32, 32) and bank.dtype == torch.float32
+    # The bank is the 180 training images, without the 20 held out for validation.
+    assert bank.shape == (180, 3, 32, 32) and bank.dtype == torch.float32
     assert dm.train_dataset is not None and isinstance(dm.train_dataset, UInt8ImageDataset)
     expected = normalize(dm.train_dataset.images, CIFAR10_MEAN, CIFAR10_STD)
     torch.testing.assert_close(bank, expected)
@@ -788,7 +845,9 @@ def test_labeled_split_file_trains_on_exactly_those_images(
     path = write_split_file(
         tmp_path / "split.json", chosen, dataset="CIFAR-10", num_train_images=200, seed=0
     )
-    dm = CIFAR10DataModule(str(cifar10_dir), batch_size=2, labeled_split_file=str(path))
+    dm = CIFAR10DataModule(
+        str(cifar10_dir), batch_size=2, labeled_split_file=str(path), val_split=0
+    )
     dm.setup("fit")
     assert dm.train_dataset is not None
     order = chosen.sort().values

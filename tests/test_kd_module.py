@@ -183,8 +183,10 @@ def test_checkpoint_without_teacher_weights(tmp_path: Path) -> None:
 
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert not [k for k in saved["state_dict"] if k.startswith("teacher.")]
-    assert saved["teacher_source"]["path"] == str(path)
-    assert len(saved["teacher_source"]["sha256"]) == 64
+    recorded = saved["lightning_kd"]["teacher"]
+    assert recorded["path"] == str(path.resolve()) and Path(recorded["path"]).is_absolute()
+    assert len(recorded["sha256"]) == 64 and recorded["weights_saved"] is False
+    assert saved["lightning_kd"]["module"] == "lightning_kd.modules.kd.KDModule"
 
     restored = KDModule.load_from_checkpoint(ckpt, student=TinyNet(), teacher=TinyNet())
     for key, value in module.state_dict().items():

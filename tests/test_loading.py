@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -96,7 +95,7 @@ def test_lightning_checkpoint_with_non_tensor_hyperparameters_falls_back(tmp_pat
     checkpoint = {
         "pytorch-lightning_version": L.__version__,
         "state_dict": _prefixed(source.state_dict(), "model."),
-        "hyper_parameters": argparse.Namespace(lr=0.1),  # refused by weights_only=True
+        "hyper_parameters": {"data_dir": Path("/data")},  # refused by weights_only=True
     }
     torch.save(checkpoint, path)
     with pytest.raises(Exception, match="Weights only load failed"):
@@ -107,7 +106,7 @@ def test_lightning_checkpoint_with_non_tensor_hyperparameters_falls_back(tmp_pat
 
 def test_unsafe_file_that_is_not_a_lightning_checkpoint_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "unsafe.pt"
-    torch.save({"state_dict": resnet8().state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
+    torch.save({"state_dict": resnet8().state_dict(), "data_dir": Path("/data")}, path)
     with pytest.raises(ValueError, match=r"weights_only=True.*not a Lightning checkpoint"):
         load_weights(resnet8(), path)
 
@@ -294,6 +293,6 @@ def test_file_without_a_state_dict(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"type list; expected a Lightning checkpoint"):
         load_weights(resnet8(), path)
     path = tmp_path / "nested.pt"
-    torch.save({"model": resnet8().state_dict(), "epoch": 3}, path)
-    with pytest.raises(TypeError, match=r"non-tensor entries \['model', 'epoch'\]"):
+    torch.save({"weights": resnet8().state_dict(), "epoch": 3}, path)
+    with pytest.raises(TypeError, match=r"non-tensor entries \['weights', 'epoch'\]"):
         load_weights(resnet8(), path)

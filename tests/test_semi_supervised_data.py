@@ -4,15 +4,21 @@ Most tests use ``indexed_dir``, a fake CIFAR-10 in the real layout (200 train im
 class, label ``i % 10``) whose pixels encode each image's index: red ``1 + i % 250``, green
 ``1 + i // 250`` everywhere, and a blue ramp that a horizontal flip changes. The centre pixel of
 any crop (offsets of at most 4) is never padding, so a view's index can be read back from it.
+
+The default ``val_split=5000`` cannot be held out of 200 images, so tests whose expectations are
+"every training image is in the pool" pass ``val_split=0`` (which validates on the test split and
+warns); the DDP test uses a 5,200-image copy on which the default leaves a 200-image pool.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +62,12 @@ def _indexed_images(indices: np.ndarray) -> np.ndarray:
     return images
 
 
-def _write_indexed_cifar10(root: Path) -> Path:
-    """A fake CIFAR-10 under ``root`` with indexed pixels; test image ``j`` encodes 1000 + j."""
-    folder = write_fake_cifar10(root, n_train_per_batch=40, n_test=100, seed=0)
-    files = [(f"data_batch_{b + 1}", np.arange(40 * b, 40 * (b + 1))) for b in range(5)]
+def _write_indexed_cifar10(root: Path, n_train_per_batch: int = 40) -> Path:
+    """A fake CIFAR-10 under ``root`` with indexed pixels (``5 * n_train_per_batch`` train
+    images); test image ``j`` encodes 1000 + j."""
+    n = n_train_per_batch
+    folder = write_fake_cifar10(root, n_train_per_batch=n, n_test=100, seed=0)
+    files = [(f"data_batch_{b + 1}", np.arange(n * b, n * (b + 1))) for b in range(5)]
     for name, indices in [*files, ("test_batch", 1000 + np.arange(100))]:
         with (folder / name).open("rb") as f:
             content = pickle.load(f)
@@ -72,6 +80,13 @@ def _write_indexed_cifar10(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def indexed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_indexed_cifar10(tmp_path_factory.mktemp("indexed_cifar10"))
+
+
+@pytest.fixture(scope="module")
+def indexed_5200_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5,200 indexed train images: the default ``val_split=5000`` leaves a pool of 200."""
+    root = tmp_path_factory.mktemp("indexed_cifar10_5200")
+    return _write_indexed_cifar10(root, n_train_per_batch=1040)
 
 
 def _dm(
@@ -154,8 +169,12 @@ def test_base_and_cifar100_errors() -> None:
 
 
 def test_errors_that_need_the_data(indexed_dir: Path) -> None:
+    with pytest.raises(
+        ValueError, match="val_split=5000 must be smaller than the 200 training images"
+    ):
+        _dm(indexed_dir, num_labels=10)  # the default validation split
     with pytest.raises(ValueError, match="needs 21 labeled images per class, but class 0 has "):
-        _dm(indexed_dir, num_labels=210)
+        _dm(indexed_dir, num_labels=210, val_split=0)
     with pytest.raises(
         ValueError, match="val_split=200 must be smaller than the 200 training images"
     ):
@@ -165,10 +184,12 @@ def test_errors_that_need_the_data(indexed_dir: Path) -> None:
         _dm(indexed_dir, num_labels=100, val_split=150)
     with pytest.raises(RuntimeError, match=r"call setup\('fit'\) before train_dataloader"):
         CIFAR10SSLDataModule(data_dir=str(indexed_dir)).train_dataloader()
-    dm = _dm(indexed_dir, num_labels=10, labeled_batch_size=11)
+    dm = _dm(indexed_dir, num_labels=10, labeled_batch_size=11, val_split=0)
     with pytest.raises(ValueError, match="labeled set has 10 images, fewer than labeled_batch"):
         dm.train_dataloader()
-    dm = _dm(indexed_dir, num_labels=10, labeled_batch_size=5, unlabeled_batch_size=201)
+    dm = _dm(
+        indexed_dir, num_labels=10, labeled_batch_size=5, unlabeled_batch_size=201, val_split=0
+    )
     with pytest.raises(ValueError, match="unlabeled set has 200 images"):
         dm.train_dataloader()
 
@@ -178,7 +199,7 @@ def test_split_is_balanced_exact_and_seeded(indexed_dir: Path, cifar100_dir: Pat
     _, targets = read_cifar_split(
         resolve_cifar_dir(indexed_dir, CIFAR10_LAYOUT), CIFAR10_LAYOUT, train=True
     )
-    dm = _dm(indexed_dir, num_labels=40, seed=0)
+    dm = _dm(indexed_dir, num_labels=40, seed=0, val_split=0)
     labeled = dm.labeled_indices
     assert labeled is not None and labeled.dtype == torch.int64
     assert labeled.numel() == 40 == labeled.unique().numel()
@@ -198,17 +219,19 @@ def test_split_is_balanced_exact_and_seeded(indexed_dir: Path, cifar100_dir: Pat
     assert dm.unlabeled_indices is not None
     assert torch.equal(dm.unlabeled_indices, torch.arange(200))
 
-    assert torch.equal(_labels_of(_dm(indexed_dir, num_labels=40, seed=0)), labeled)
-    assert not torch.equal(_labels_of(_dm(indexed_dir, num_labels=40, seed=1)), labeled)
+    again = _dm(indexed_dir, num_labels=40, seed=0, val_split=0)
+    other = _dm(indexed_dir, num_labels=40, seed=1, val_split=0)
+    assert torch.equal(_labels_of(again), labeled)
+    assert not torch.equal(_labels_of(other), labeled)
 
-    c100 = _dm(cifar100_dir, CIFAR100SSLDataModule, num_labels=200)
+    c100 = _dm(cifar100_dir, CIFAR100SSLDataModule, num_labels=200, val_split=0)
     assert c100.labeled_indices is not None and c100.labeled_indices.numel() == 200
     fine = torch.arange(300) % 100  # the fake CIFAR-100 labels
     assert torch.equal(torch.bincount(fine[c100.labeled_indices]), torch.full((100,), 2))
 
 
 def test_exclude_labeled_from_unlabeled(indexed_dir: Path) -> None:
-    dm = _dm(indexed_dir, num_labels=40, include_labeled_in_unlabeled=False)
+    dm = _dm(indexed_dir, num_labels=40, include_labeled_in_unlabeled=False, val_split=0)
     assert dm.labeled_indices is not None and dm.unlabeled_indices is not None
     assert dm.unlabeled_indices.numel() == 160
     assert not set(dm.unlabeled_indices.tolist()) & set(dm.labeled_indices.tolist())
@@ -218,6 +241,7 @@ def test_exclude_labeled_from_unlabeled(indexed_dir: Path) -> None:
         include_labeled_in_unlabeled=False,
         labeled_batch_size=8,
         unlabeled_batch_size=32,
+        val_split=0,
     )
     batches = _epoch(dm)
     assert len(batches) == 160 // 32
@@ -245,24 +269,65 @@ def test_val_split_is_held_out_before_labels(indexed_dir: Path) -> None:
     assert torch.equal(only_val.val_indices, val)
 
 
+def test_default_val_split_is_5000_and_held_out(indexed_dir: Path) -> None:
+    assert inspect.signature(CIFAR10SSLDataModule).parameters["val_split"].default == 5000
+    default = CIFAR10SSLDataModule(data_dir=str(indexed_dir))
+    assert default.val_split == 5000 and default.hparams["val_split"] == 5000
+    assert not default.validates_on_test
+    # On the 200 fake images, an explicit small count shows what the default does.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm = _dm(indexed_dir, num_labels=40, val_split=30, include_labeled_in_unlabeled=False)
+    assert not [w for w in caught if "val_split=0" in str(w.message)]
+    assert not dm.validates_on_test
+    val, labeled, unlabeled = dm.val_indices, dm.labeled_indices, dm.unlabeled_indices
+    assert val is not None and labeled is not None and unlabeled is not None
+    assert val.numel() == val.unique().numel() == 30
+    assert not set(val.tolist()) & (set(labeled.tolist()) | set(unlabeled.tolist()))
+    assert sorted([*val.tolist(), *labeled.tolist(), *unlabeled.tolist()]) == list(range(200))
+    assert dm.val_dataset is not None and len(dm.val_dataset) == 30
+    assert dm.test_dataset is None  # fit does not read the test split
+
+
+def test_val_split_zero_warns_once_and_validates_on_test(indexed_dir: Path) -> None:
+    dm = CIFAR10SSLDataModule(data_dir=str(indexed_dir), num_labels=40, val_split=0)
+    assert dm.validates_on_test
+    with pytest.warns(UserWarning, match="test split") as record:
+        dm.setup("fit")
+        dm.setup("validate")
+        dm.setup("fit")
+    messages = [str(w.message) for w in record if "val_split=0" in str(w.message)]
+    assert len(messages) == 1
+    assert "CIFAR-10 test split" in messages[0] and "val_on_test/" in messages[0]
+    assert dm.test_dataset is not None and dm.val_dataset is dm.test_dataset
+    assert dm.val_indices is not None and dm.val_indices.numel() == 0
+    x, _ = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    assert torch.equal(decode_indices(x), 1000 + torch.arange(100))  # the test images
+    # "validate" alone also validates on the test split.
+    only_val = CIFAR10SSLDataModule(data_dir=str(indexed_dir), num_labels=40, val_split=0)
+    with pytest.warns(UserWarning, match="test split"):
+        only_val.setup("validate")
+    assert only_val.val_dataset is not None and only_val.val_dataset is only_val.test_dataset
+
+
 # --------------------------------------------------------------------------- split file
 def test_split_file_written_then_reloaded(indexed_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "splits" / "cifar10_40.json"
-    first = _dm(indexed_dir, num_labels=40, seed=3, split_file=str(path))
+    first = _dm(indexed_dir, num_labels=40, seed=3, split_file=str(path), val_split=0)
     content = json.loads(path.read_text())
     assert content["dataset"] == "CIFAR-10" and content["num_train_images"] == 200
-    assert content["num_labels"] == 40 and content["seed"] == 3
+    assert content["num_labels"] == 40 and content["seed"] == 3 and content["val_split"] == 0
     assert first.labeled_indices is not None
     assert content["labeled_indices"] == first.labeled_indices.tolist()
     assert not list(path.parent.glob(".*.tmp"))
 
     # An existing file wins over the seed.
-    reloaded = _dm(indexed_dir, num_labels=40, seed=7, split_file=str(path))
+    reloaded = _dm(indexed_dir, num_labels=40, seed=7, split_file=str(path), val_split=0)
     assert torch.equal(_labels_of(reloaded), first.labeled_indices)
-    other_seed = _dm(indexed_dir, num_labels=40, seed=7)
+    other_seed = _dm(indexed_dir, num_labels=40, seed=7, val_split=0)
     assert not torch.equal(_labels_of(other_seed), first.labeled_indices)
     # None: seeded split, nothing written.
-    _dm(indexed_dir, num_labels=40, split_file=None)
+    _dm(indexed_dir, num_labels=40, split_file=None, val_split=0)
     assert sorted(p.name for p in path.parent.iterdir()) == ["cifar10_40.json"]
 
 
@@ -297,32 +362,32 @@ def _edit(content: dict[str, Any], case: str) -> dict[str, Any]:
 )
 def test_split_file_mismatch(indexed_dir: Path, tmp_path: Path, case: str, expected: str) -> None:
     path = tmp_path / "split.json"
-    _dm(indexed_dir, num_labels=40, split_file=str(path))
+    _dm(indexed_dir, num_labels=40, split_file=str(path), val_split=0)
     path.write_text(json.dumps(_edit(json.loads(path.read_text()), case)))
     with pytest.raises(ValueError, match=expected):
-        _dm(indexed_dir, num_labels=40, split_file=str(path))
+        _dm(indexed_dir, num_labels=40, split_file=str(path), val_split=0)
 
 
 def test_split_file_other_mismatches(indexed_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "split.json"
-    _dm(indexed_dir, num_labels=40, split_file=str(path))
+    _dm(indexed_dir, num_labels=40, split_file=str(path), val_split=0)
     with pytest.raises(ValueError, match="lists 40 labeled indices, expected num_labels=50"):
-        _dm(indexed_dir, num_labels=50, split_file=str(path))
+        _dm(indexed_dir, num_labels=50, split_file=str(path), val_split=0)
     # Labels from a split made without validation can fall into a later validation split.
     with pytest.raises(ValueError, match=r"labeled indices fall in the validation split"):
         _dm(indexed_dir, num_labels=40, split_file=str(path), val_split=100)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
-        _dm(indexed_dir, num_labels=40, split_file=str(path))
+        _dm(indexed_dir, num_labels=40, split_file=str(path), val_split=0)
     path.write_text("[1, 2, 3]")
     with pytest.raises(ValueError, match="JSON object with a 'labeled_indices' list, got list"):
-        _dm(indexed_dir, num_labels=40, split_file=str(path))
+        _dm(indexed_dir, num_labels=40, split_file=str(path), val_split=0)
 
 
 # --------------------------------------------------------------------------- training batches
 def test_training_batches_follow_the_contract(indexed_dir: Path) -> None:
     torch.manual_seed(0)
-    dm = _dm(indexed_dir, num_labels=40, labeled_batch_size=8, unlabeled_batch_size=32)
+    dm = _dm(indexed_dir, num_labels=40, labeled_batch_size=8, unlabeled_batch_size=32, val_split=0)
     assert dm.labeled_indices is not None
     raw = next(iter(dm.train_dataloader()))[0]
     assert set(raw) == {"labeled", "unlabeled"}
@@ -363,7 +428,7 @@ def test_training_batches_follow_the_contract(indexed_dir: Path) -> None:
 
 
 def test_streams_reshuffle_per_pass_and_per_epoch(indexed_dir: Path) -> None:
-    dm = _dm(indexed_dir, num_labels=40, labeled_batch_size=8, unlabeled_batch_size=32)
+    dm = _dm(indexed_dir, num_labels=40, labeled_batch_size=8, unlabeled_batch_size=32, val_split=0)
     loader = dm.train_dataloader()
     samplers = {name: dl.sampler for name, dl in loader.iterables.items()}
     assert all(isinstance(s, CyclingDistributedSampler) for s in samplers.values())
@@ -421,8 +486,10 @@ def test_sampler_shards_two_ranks() -> None:
 
 # --------------------------------------------------------------------------- evaluation batches
 def test_eval_batches_match_cifar10_datamodule(cifar10_dir: Path) -> None:
-    dm = _dm(cifar10_dir, num_labels=40, eval_batch_size=25, channels_last=True)
-    ref = CIFAR10DataModule(data_dir=str(cifar10_dir), batch_size=25)
+    # The same count and seed hold out the same images in both DataModules (what a supervised
+    # baseline on an SSL split file, ``labeled_split_file``, relies on).
+    dm = _dm(cifar10_dir, num_labels=40, eval_batch_size=25, channels_last=True, val_split=50)
+    ref = CIFAR10DataModule(data_dir=str(cifar10_dir), batch_size=25, val_split=50)
     ref.setup("fit")
     for loader, ref_loader in ((dm.val_dataloader(), ref.val_dataloader()),):
         x, y = dm.on_after_batch_transfer(next(iter(loader)), 0)
@@ -432,7 +499,8 @@ def test_eval_batches_match_cifar10_datamodule(cifar10_dir: Path) -> None:
         torch.testing.assert_close(x, rx)
         assert torch.equal(y, ry)
     test_dm = CIFAR10SSLDataModule(data_dir=str(cifar10_dir), eval_batch_size=100)
-    test_dm.setup("test")
+    test_dm.setup("test")  # the default val_split=5000 does not matter to "test"
+    ref.setup("test")  # "fit" read only the training files
     assert test_dm.labeled_dataset is None  # test/predict do not build the training split
     for loader in (test_dm.test_dataloader(), test_dm.predict_dataloader()):
         batches = list(loader)
@@ -476,6 +544,7 @@ def test_trainer_fit_runs_the_hook_and_sets_the_epoch(indexed_dir: Path) -> None
         labeled_batch_size=8,
         unlabeled_batch_size=32,
         eval_batch_size=50,
+        val_split=0,  # all 200 images in the pool; validation = the 100 test images
     )
     module = _Recorder()
     trainer = pl.Trainer(
@@ -497,13 +566,15 @@ def test_trainer_fit_runs_the_hook_and_sets_the_epoch(indexed_dir: Path) -> None
     assert module.val_shapes == [(50, 3, 32, 32)] * 2
 
 
-def test_ddp_two_processes_shard_both_streams(indexed_dir: Path, tmp_path: Path) -> None:
+def test_ddp_two_processes_shard_both_streams(indexed_5200_dir: Path, tmp_path: Path) -> None:
+    # ssl_ddp_script.py builds the DataModule with the default val_split=5000, so both ranks
+    # must hold out the same 5,000 images; the pool left for training has 200.
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(
-        [sys.executable, str(HERE / "ssl_ddp_script.py"), str(indexed_dir), str(tmp_path)],
+        [sys.executable, str(HERE / "ssl_ddp_script.py"), str(indexed_5200_dir), str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,
@@ -514,6 +585,10 @@ def test_ddp_two_processes_shard_both_streams(indexed_dir: Path, tmp_path: Path)
     assert ranks[0]["world_size"] == 2
     labeled_set = ranks[0]["labeled_indices"]
     assert torch.equal(ranks[1]["labeled_indices"], labeled_set)  # same split on both ranks
+    reference = _dm(indexed_5200_dir, num_labels=40)  # the script's split, in this process
+    assert reference.val_indices is not None and reference.val_indices.numel() == 5000
+    assert torch.equal(labeled_set, _labels_of(reference))
+    pool = set(range(5200)) - set(reference.val_indices.tolist())
     for rank in ranks:
         # 2 epochs x 200 // (2 ranks x 16) = 6 steps; labeled 4 per step.
         assert rank["unlabeled_student"].shape == (2, 6, 16)
@@ -522,8 +597,9 @@ def test_ddp_two_processes_shard_both_streams(indexed_dir: Path, tmp_path: Path)
             assert torch.equal(rank[f"{name}_teacher"], rank[f"{name}_student"])
             assert torch.equal(rank[f"{name}_labels"], rank[f"{name}_student"] % 10)
         assert set(rank["labeled_student"].flatten().tolist()) <= set(labeled_set.tolist())
+        assert set(rank["unlabeled_student"].flatten().tolist()) <= pool
     for epoch in (0, 1):
-        # Unlabeled: the two ranks' epochs are disjoint (192 distinct of 200 images).
+        # Unlabeled: the two ranks' epochs are disjoint (192 distinct of the 200-image pool).
         u = torch.cat([r["unlabeled_student"][epoch].flatten() for r in ranks])
         assert u.unique().numel() == 192
         # Labeled: every step's 2 x 4 draws are distinct; the first 5 steps are one pass.
@@ -536,7 +612,12 @@ def test_ddp_two_processes_shard_both_streams(indexed_dir: Path, tmp_path: Path)
 
 
 def test_worker_processes_give_the_same_batches(indexed_dir: Path) -> None:
-    kwargs: dict[str, Any] = {"num_labels": 40, "labeled_batch_size": 8, "unlabeled_batch_size": 32}
+    kwargs: dict[str, Any] = {
+        "num_labels": 40,
+        "labeled_batch_size": 8,
+        "unlabeled_batch_size": 32,
+        "val_split": 0,
+    }
     in_process = _dm(indexed_dir, **kwargs).train_dataloader()
     workers = _dm(indexed_dir, num_workers=1, **kwargs).train_dataloader()
     for (a, _, _), (b, _, _) in zip(in_process, workers, strict=True):

@@ -15,9 +15,21 @@ Both callbacks rely on a small protocol with the LightningModule and the DataMod
 :class:`KNNEvaluation` logs the weighted-kNN accuracy ``val/knn_acc`` (and ``val/knn_acc5``);
 :class:`OnlineLinearProbe` trains a linear classifier on the detached features and logs
 ``train/probe_loss``, ``train/probe_acc`` and ``val/probe_acc``.
+
+Also here: :class:`PredictionWriter` (``predict`` outputs to a file) and the progress bars
+that show a module's loss parts (:mod:`lightning_kd.callbacks.progress`).
 """
 
 from lightning_kd.callbacks.knn import KNNEvaluation, knn_predict
 from lightning_kd.callbacks.linear_probe import OnlineLinearProbe
+from lightning_kd.callbacks.predictions import PredictionWriter
+from lightning_kd.callbacks.progress import PartsRichProgressBar, PartsTQDMProgressBar
 
-__all__ = ["KNNEvaluation", "OnlineLinearProbe", "knn_predict"]
+__all__ = [
+    "KNNEvaluation",
+    "OnlineLinearProbe",
+    "PartsRichProgressBar",
+    "PartsTQDMProgressBar",
+    "PredictionWriter",
+    "knn_predict",
+]

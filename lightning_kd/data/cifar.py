@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -282,6 +283,27 @@ class CIFARFiles:
         for train in (True, False):
             dataset_cls(root=str(root), train=train, download=True)
 
+    @property
+    def validates_on_test(self) -> bool:
+        """Whether validation runs on the test split (``val_split=0``): then nothing that is
+        chosen by validation metrics is held out, and the modules name those metrics
+        ``val_on_test/...``."""
+        return getattr(self, "val_split", 0) == 0
+
+    def warn_if_validating_on_test(self, stage: str) -> None:
+        """Warn (once per datamodule) that ``val_split=0`` makes validation read the test
+        split."""
+        if stage not in ("fit", "validate") or not self.validates_on_test:
+            return
+        if getattr(self, "_warned_val_on_test", False):
+            return
+        self._warned_val_on_test = True
+        rank_zero_warn(
+            f"val_split=0: validation runs on the {self.layout.name} test split, so its metrics "
+            "are logged as val_on_test/... and must not select checkpoints or hyperparameters; "
+            "set val_split (e.g. 5000) to hold out a validation split of the training set"
+        )
+
     def normalize_batch(self, images: Tensor) -> Tensor:
         """Images ``(B, 3, H, W)`` -> float32 normalised with the dataset's mean and std,
         ``channels_last`` if requested, on the images' device.
@@ -327,8 +349,10 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
             ``batch_size``.
         num_workers: DataLoader worker processes (persistent when > 0).
         val_split: Training images held out for validation, as a count (int) or a fraction in
-            ``[0, 1)`` (float), chosen by a generator seeded with ``seed``. ``0`` validates on
-            the test split. Validation images are never augmented.
+            ``[0, 1)`` (float), chosen by a generator seeded with ``seed``; 10% by default. The
+            test split is read only by ``test`` (and ``predict``). ``0`` validates on the test
+            split instead, with a warning, and the metrics are then named ``val_on_test/...``.
+            Validation images are never augmented.
         seed: Seed for the validation split and ``train_subset``.
         download: If the files are missing, download them with torchvision in
             :meth:`prepare_data`.
@@ -369,7 +393,7 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        val_split: int | float = 0,
+        val_split: int | float = 0.1,
         seed: int = 0,
         download: bool = False,
         train_subset: int | None = None,
@@ -445,6 +469,7 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
         Args:
             stage: ``"fit"``, ``"validate"``, ``"test"`` or ``"predict"``.
         """
+        self.warn_if_validating_on_test(stage)
         needs_train = stage in ("fit", "validate")
         needs_test = stage in ("test", "predict") or (needs_train and self._val_on_test)
         folder = resolve_cifar_dir(self.data_dir, self.layout)
@@ -459,7 +484,7 @@ class CIFARDataModuleBase(CIFARFiles, LightningDataModule):
 
     @property
     def _val_on_test(self) -> bool:
-        return self.val_split == 0
+        return self.validates_on_test
 
     def _setup_train_val(self, images: Tensor, targets: Tensor) -> None:
         """Split the training images into train/val and apply ``train_subset`` or

@@ -246,8 +246,9 @@ class CIFARSSLDataModuleBase(CIFARFiles, LightningDataModule):
             :meth:`prepare_data`.
         channels_last: Return images in ``torch.channels_last`` memory format.
         val_split: Training images held out for validation before the labels are chosen (a
-            seeded random subset, never augmented, never labeled or unlabeled training data).
-            ``0`` validates on the test split.
+            seeded random subset, never augmented, never labeled or unlabeled training data);
+            5,000 by default (the validation size of Oliver et al., 2018). ``0`` validates on
+            the test split instead, with a warning, and metrics are named ``val_on_test/...``.
         include_labeled_in_unlabeled: If True, the unlabeled stream is the whole training pool
             with its labels ignored, so labeled images also take part in the unsupervised
             (consistency) loss from this stream. If False it is the pool without the labeled
@@ -276,7 +277,7 @@ class CIFARSSLDataModuleBase(CIFARFiles, LightningDataModule):
         num_workers: int = 0,
         download: bool = False,
         channels_last: bool = False,
-        val_split: int = 0,
+        val_split: int = 5000,
         include_labeled_in_unlabeled: bool = True,
     ) -> None:
         super().__init__()
@@ -346,6 +347,7 @@ class CIFARSSLDataModuleBase(CIFARFiles, LightningDataModule):
             ValueError: If the data cannot provide the requested split (too few images of a
                 class for ``num_labels``, ``val_split`` too large, a mismatching split file).
         """
+        self.warn_if_validating_on_test(stage)
         folder = resolve_cifar_dir(self.data_dir, self.layout)
         needs_train = (stage == "fit" and self.labeled_dataset is None) or (
             stage in ("fit", "validate") and self.val_split > 0 and self.val_dataset is None

@@ -6,6 +6,8 @@ evaluation loops from :meth:`evaluate`.
 """
 
 import math
+import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -13,9 +15,19 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
+
+from lightning_kd.checkpoint import RECORD_KEY
+from lightning_kd.schedules import check_run_length
+
+#: What a module does when its training loss is not finite (see ``nonfinite_loss``).
+NonFiniteLoss = Literal["error", "skip", "warn"]
+
+#: Key of lightning-kd's own record in a checkpoint (module class, teacher files, ...).
+CHECKPOINT_RECORD = RECORD_KEY
 
 #: A training or evaluation batch: ``(images, targets[, indices])`` for the classification
 #: modules; modules with richer inputs (e.g. labeled + unlabeled streams) use their own layout.
@@ -40,11 +52,29 @@ class LightningKDModule(L.LightningModule):
         scheduler_interval: step the scheduler every ``"epoch"`` or every optimizer ``"step"``.
         channels_last: convert the networks to channels-last memory format (faster convolutions
             with ``bf16-mixed`` on CPUs with AMX and on tensor-core GPUs).
+        nonfinite_loss: what to do when the training loss of a step is NaN or infinite:
+            ``"error"`` (default) stops training with an error that names the step and the
+            loss parts that are not finite; ``"skip"`` skips that step (no backward, no
+            optimizer step) with a warning; ``"warn"`` only warns and trains on. Under DDP the
+            decision is taken jointly by all processes. In every mode a checkpoint whose
+            weights are not finite is refused.
+
+    Training curves: ``train/loss_step`` (every ``log_every_n_steps`` optimizer steps) and
+    ``train/loss_epoch``; every other entry ``<name>`` that :meth:`compute_losses` returns is
+    written as ``train/<name>_step`` at the same steps and ``train/<name>_epoch``. Evaluation:
+    ``val/<name>`` and ``test/<name>`` for :attr:`eval_metric_names`, and ``hp_metric`` (the
+    validation accuracy, for TensorBoard's HPARAMS tab). When the datamodule validates on its
+    test split (``validates_on_test``), validation metrics are named ``val_on_test/<name>``
+    instead and no ``hp_metric`` is written.
     """
 
     #: Names of the per-sample values :meth:`evaluate` returns; each is averaged over the
     #: evaluation set with a ``torchmetrics.MeanMetric`` and logged as ``val/<name>``.
     eval_metric_names: ClassVar[tuple[str, ...]] = ("loss", "acc", "acc_top5")
+
+    #: Entries of :meth:`compute_losses` shown in the progress bar next to ``train/loss``;
+    #: ``None`` shows every entry whose name starts with ``loss_``.
+    progress_bar_names: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(
         self,
@@ -52,18 +82,27 @@ class LightningKDModule(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         channels_last: bool = False,
+        nonfinite_loss: NonFiniteLoss = "error",
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(
                 f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}"
             )
+        if nonfinite_loss not in ("error", "skip", "warn"):
+            raise ValueError(
+                f"nonfinite_loss must be 'error', 'skip' or 'warn', got {nonfinite_loss!r}"
+            )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.channels_last = channels_last
+        self.nonfinite_loss = nonfinite_loss
         # Running (sum, count) of each training part this epoch, see training_step.
         self._epoch_sums: dict[str, tuple[Tensor, int]] = {}
+        # This step's parts (detached), written to the logger in on_train_batch_end and read
+        # by the progress bar (lightning_kd.callbacks.progress).
+        self._step_parts: dict[str, Tensor] = {}
         self.eval_metrics = nn.ModuleDict(
             {
                 f"{stage}_{name}": MeanMetric()
@@ -95,18 +134,25 @@ class LightningKDModule(L.LightningModule):
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        """Run :meth:`compute_losses` and log what it returns.
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        """Run :meth:`compute_losses`, check the loss is finite, and log what it returns.
 
         ``train/loss`` goes through ``self.log`` every step (progress bar, callbacks). The other
         entries are logged without ``self.log``'s per-call cost (about a millisecond each on a
         CPU, several percent of a small model's step): their values are written to the logger
-        as ``train/<name>_step`` every ``trainer.log_every_n_steps`` batches, and their
-        batch-size-weighted epoch means as ``train/<name>_epoch`` at the end of the epoch.
+        as ``train/<name>_step`` at exactly the steps at which Lightning writes
+        ``train/loss_step`` (see :meth:`on_train_batch_end`), and their batch-size-weighted
+        epoch means as ``train/<name>_epoch`` at the end of the epoch.
+
+        Returns:
+            The loss, or ``None`` to skip the step (``nonfinite_loss="skip"``).
         """
         losses = self.compute_losses(batch)
         if "loss" not in losses:
             raise KeyError(f"compute_losses must return a 'loss' entry, got keys {sorted(losses)}")
+        if not self._loss_is_finite(losses, batch_idx):
+            self._step_parts = {}
+            return None
         batch_size = _batch_size(batch)
         self.log(
             "train/loss",
@@ -124,14 +170,58 @@ class LightningKDModule(L.LightningModule):
                 self._epoch_sums[name] = (total + weighted, count + batch_size)
             else:
                 self._epoch_sums[name] = (weighted, batch_size)
-        trainer = self.trainer
-        every = int(getattr(trainer, "log_every_n_steps", 0))  # set by the Trainer at init
-        if parts and trainer.logger is not None and every > 0 and batch_idx % every == 0:
-            trainer.logger.log_metrics(
-                {f"train/{name}_step": float(value) for name, value in parts.items()},
-                step=trainer.global_step,
-            )
+        self._step_parts = parts
         return losses["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Write this step's parts as ``train/<name>_step`` where Lightning writes
+        ``train/loss_step``: at the same ``log_every_n_steps`` steps, with the same step."""
+        trainer = self.trainer
+        if not self._step_parts or trainer.logger is None:
+            return
+        if _lightning_logs_this_step(trainer):
+            trainer.logger.log_metrics(
+                {f"train/{name}_step": float(value) for name, value in self._step_parts.items()},
+                step=trainer.fit_loop.epoch_loop._batches_that_stepped,
+            )
+
+    def progress_bar_parts(self) -> dict[str, Tensor]:
+        """This step's entries of :attr:`progress_bar_names`, for the progress bar."""
+        names = self.progress_bar_names
+        if names is None:
+            return {k: v for k, v in self._step_parts.items() if k.startswith("loss_")}
+        return {k: self._step_parts[k] for k in names if k in self._step_parts}
+
+    def _loss_is_finite(self, losses: Mapping[str, Tensor], batch_idx: int) -> bool:
+        """Whether this step's loss is finite (on every process under DDP); raise or warn as
+        ``nonfinite_loss`` says when it is not. One host sync per step."""
+        bad = ~torch.isfinite(losses["loss"].detach())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            bad = trainer.strategy.reduce(bad.float(), reduce_op="sum") > 0
+        if not bool(bad):
+            return True
+        parts = {
+            name: float(value.detach().float().sum())
+            for name, value in losses.items()
+            if not bool(torch.isfinite(value.detach()).all())
+        }
+        step = trainer.global_step if trainer is not None else 0
+        epoch = trainer.current_epoch if trainer is not None else 0
+        where = f"at optimizer step {step} (epoch {epoch}, batch {batch_idx})"
+        what = ", ".join(f"{name}={value}" for name, value in parts.items()) or (
+            "the loss on another process"
+        )
+        if self.nonfinite_loss == "error":
+            raise FloatingPointError(
+                f"non-finite training loss {where}: {what}. Training stopped "
+                "(nonfinite_loss='error'); the usual causes are a learning rate that is too "
+                "high or a loss weight that overflows. Lower the learning rate, or set "
+                "nonfinite_loss='skip' to skip such steps or 'warn' to train on."
+            )
+        action = "skipping this step" if self.nonfinite_loss == "skip" else "training on"
+        rank_zero_warn(f"non-finite training loss {where}: {what}; {action}")
+        return self.nonfinite_loss == "warn"
 
     def on_train_epoch_start(self) -> None:
         self._epoch_sums = {}
@@ -154,6 +244,9 @@ class LightningKDModule(L.LightningModule):
 
     def _evaluation_step(self, batch: Batch, stage: str) -> None:
         values = self.evaluate(batch)
+        prefix = stage
+        if stage == "val" and self.validates_on_test:
+            prefix = "val_on_test"
         unknown = set(values) - set(self.eval_metric_names)
         if unknown:
             raise KeyError(
@@ -165,8 +258,81 @@ class LightningKDModule(L.LightningModule):
             assert isinstance(metric, MeanMetric)
             metric.update(value.detach().float())
             self.log(
-                f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc"
+                f"{prefix}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc"
             )
+
+    @property
+    def validates_on_test(self) -> bool:
+        """Whether the attached datamodule validates on its test split (``val_split=0``)."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return bool(getattr(datamodule, "validates_on_test", False))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``hp_metric``, the validation accuracy, for TensorBoard's HPARAMS tab."""
+        trainer = self.trainer
+        if trainer.sanity_checking or "acc" not in self.eval_metric_names:
+            return
+        if self.validates_on_test:
+            return
+        metric = self.eval_metrics["val_acc"]
+        assert isinstance(metric, MeanMetric)
+        if metric.update_count == 0:
+            return
+        self.log("hp_metric", metric.compute(), on_step=False, on_epoch=True)
+
+    def eval_mode_modules(self) -> dict[str, str]:
+        """Submodules kept in eval mode during training on purpose, with the reason: name ->
+        why. Lightning warns about eval-mode modules at the start of training; for these the
+        warning is replaced by one line that explains them."""
+        return {}
+
+    def on_fit_start(self) -> None:
+        deliberate = self.eval_mode_modules()
+        if not deliberate:
+            return
+        self.train()  # the mode the fit loop will see
+        in_eval = [name for name, module in self.named_modules() if not module.training]
+        covered = [
+            name
+            for name in in_eval
+            if any(name == top or name.startswith(f"{top}.") for top in deliberate)
+        ]
+        if covered and len(covered) == len(in_eval):
+            # Exactly the count Lightning's fit loop reports; other warnings stay visible.
+            warnings.filterwarnings(
+                "ignore",
+                message=re.escape(f"Found {len(in_eval)} module(s) in eval mode"),
+            )
+            for top, why in deliberate.items():
+                count = sum(1 for name in covered if name == top or name.startswith(f"{top}."))
+                rank_zero_info(f"{top} ({count} modules) stays in eval mode: {why}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the module class and refuse to save weights that are not finite.
+
+        A subclass that overrides it must call ``super()``.
+
+        Raises:
+            FloatingPointError: If a floating-point tensor of the state dict has NaN or inf.
+        """
+        bad = [
+            name
+            for name, value in checkpoint["state_dict"].items()
+            if isinstance(value, Tensor)
+            and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())
+        ]
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            step = self._trainer.global_step if self._trainer is not None else "?"
+            raise FloatingPointError(
+                f"refusing to write a checkpoint at step {step}: {len(bad)} weight tensors are "
+                f"not finite ({shown}). The run diverged; lower the learning rate and restart "
+                "from the last good checkpoint."
+            )
+        record = checkpoint.setdefault(CHECKPOINT_RECORD, {})
+        record["module"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the optimizer sees: every parameter with ``requires_grad``."""
@@ -176,11 +342,25 @@ class LightningKDModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        scheduler = self.build_scheduler(optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
         }
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Build the LR scheduler, taking the run length from the trainer.
+
+        A schedule that needs the run length (``OneCycleLR`` without ``total_steps``) gets it
+        from ``trainer.estimated_stepping_batches`` (``scheduler_interval="step"``) or
+        ``trainer.max_epochs`` (``"epoch"``), so changing epochs, batch size, subset or
+        accumulation never breaks it; a length given in the config that differs from the run
+        fails here, before training (see :func:`lightning_kd.schedules.check_run_length`).
+        """
+        assert self.scheduler_factory is not None
+        return check_run_length(
+            self.scheduler_factory, optimizer, self.trainer, interval=self.scheduler_interval
+        )
 
     def export(self, path: str | Path) -> Path:
         """Save :meth:`exported_model`'s ``state_dict`` alone to ``path`` and return the path."""
@@ -227,6 +407,18 @@ def steps_per_epoch(trainer: L.Trainer, setting: str) -> int:
             f"steps, got num_training_batches={batches}; use a sized dataloader or {setting}=0"
         )
     return max(1, math.ceil(int(batches) / trainer.accumulate_grad_batches))
+
+
+def _lightning_logs_this_step(trainer: L.Trainer) -> bool:
+    """Whether Lightning writes ``self.log`` step values to the logger after this batch.
+
+    The rule of Lightning's logger connector (``should_update_logs``, evaluated in the same
+    place of the training loop as :meth:`LightningKDModule.on_train_batch_end`), so that the
+    parts and ``train/loss_step`` share their steps.
+    """
+    return bool(
+        trainer._logger_connector.should_update_logs or getattr(trainer, "fast_dev_run", False)
+    )
 
 
 def _batch_size(batch: Any) -> int:

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from lightning_kd.heads import ProjectionMLP
 from lightning_kd.losses.byol import byol_loss
-from lightning_kd.modules.base import Batch, object_arguments, scalar, sgd
+from lightning_kd.modules.base import Batch, NonFiniteLoss, object_arguments, scalar, sgd
 from lightning_kd.modules.self_distillation import (
     BackboneWithHead,
     SelfDistillationModule,
@@ -48,7 +48,7 @@ class BYOLModule(SelfDistillationModule):
         weight_decay_end: Final weight decay (cosine from the optimizer's); ``None`` keeps it.
         eval_network: Backbone used by :meth:`embed` / kNN / export; the paper evaluates the
             online network (``"student"``, the default).
-        optimizer, scheduler, scheduler_interval, channels_last: see
+        optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
     """
 
@@ -67,6 +67,7 @@ class BYOLModule(SelfDistillationModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "step",
         channels_last: bool = False,
+        nonfinite_loss: NonFiniteLoss = "error",
     ) -> None:
         super().__init__(
             momentum_start=momentum_start,
@@ -77,6 +78,7 @@ class BYOLModule(SelfDistillationModule):
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
             channels_last=channels_last,
+            nonfinite_loss=nonfinite_loss,
         )
         self.save_hyperparameters(ignore=object_arguments("backbone", "optimizer", "scheduler"))
         width = backbone_features(backbone, feature_dim)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from lightning_kd.losses import smooth_labels, soft_cross_entropy
 from lightning_kd.metrics import topk_correct
-from lightning_kd.modules.base import Batch, LightningKDModule, object_arguments, sgd
+from lightning_kd.modules.base import Batch, LightningKDModule, NonFiniteLoss, object_arguments, sgd
 
 
 class ClassifierModule(LightningKDModule):
@@ -25,7 +25,7 @@ class ClassifierModule(LightningKDModule):
         model: the network, ``(B, 3, H, W) -> (B, C)`` logits.
         label_smoothing: ``eps`` in ``[0, 1)``; 0 trains on hard labels.
         label_smoothing_mode: ``"uniform"`` or ``"others"``, see above.
-        optimizer, scheduler, scheduler_interval, channels_last: see
+        optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_top5`` (and the
@@ -42,8 +42,9 @@ class ClassifierModule(LightningKDModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         channels_last: bool = False,
+        nonfinite_loss: NonFiniteLoss = "error",
     ) -> None:
-        super().__init__(optimizer, scheduler, scheduler_interval, channels_last)
+        super().__init__(optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if label_smoothing_mode not in ("uniform", "others"):

@@ -12,7 +12,14 @@ from typing_extensions import override
 
 from lightning_kd.heads import DINOHead
 from lightning_kd.losses.dino import DINOCenter, dino_loss, teacher_entropy
-from lightning_kd.modules.base import Batch, object_arguments, scalar, sgd, steps_per_epoch
+from lightning_kd.modules.base import (
+    Batch,
+    NonFiniteLoss,
+    object_arguments,
+    scalar,
+    sgd,
+    steps_per_epoch,
+)
 from lightning_kd.modules.self_distillation import (
     BackboneWithHead,
     SelfDistillationModule,
@@ -60,7 +67,7 @@ class DINOModule(SelfDistillationModule):
             gradients are dropped after backward); stabilises the start of training.
         eval_network: Backbone used by :meth:`embed` / kNN / export (the teacher by default,
             as in the paper's evaluations).
-        optimizer, scheduler, scheduler_interval, channels_last: see
+        optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
 
     Raises:
@@ -94,6 +101,7 @@ class DINOModule(SelfDistillationModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "step",
         channels_last: bool = False,
+        nonfinite_loss: NonFiniteLoss = "error",
     ) -> None:
         super().__init__(
             momentum_start=momentum_start,
@@ -104,6 +112,7 @@ class DINOModule(SelfDistillationModule):
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
             channels_last=channels_last,
+            nonfinite_loss=nonfinite_loss,
         )
         for label, value in (
             ("student_temperature", student_temperature),

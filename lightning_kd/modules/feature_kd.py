@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_kd.features import FeatureTaps, feature_shapes
-from lightning_kd.modules.base import Batch, object_arguments, sgd
+from lightning_kd.modules.base import Batch, NonFiniteLoss, object_arguments, sgd
 from lightning_kd.modules.kd import KDModule
 from lightning_kd.modules.terms import Capture, DistillationTerm, Tap, TermInputs
 
@@ -28,12 +28,14 @@ class FeatureKDModule(KDModule):
     Args:
         student, teacher, teacher_checkpoint, student_checkpoint, save_teacher_weights,
         temperature, evaluate_teacher, optimizer, scheduler, scheduler_interval,
-        channels_last: as for :class:`~lightning_kd.modules.KDModule`.
+        channels_last, nonfinite_loss: as for :class:`~lightning_kd.modules.KDModule`.
         terms: the distillation terms (:mod:`lightning_kd.modules.terms`).
         ce_weight: weight of the hard-label cross-entropy.
         kd_weight: weight of Hinton's ``T^2 KL`` on the logits (0 turns it off).
         input_size: ``(C, H, W)`` of one input image, for the dry-run forward.
     """
+
+    progress_bar_names = None
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class FeatureKDModule(KDModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         channels_last: bool = False,
+        nonfinite_loss: NonFiniteLoss = "error",
     ) -> None:
         super().__init__(
             student,
@@ -67,6 +70,7 @@ class FeatureKDModule(KDModule):
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
             channels_last=channels_last,
+            nonfinite_loss=nonfinite_loss,
         )
         self.save_hyperparameters(
             ignore=object_arguments("student", "teacher", "terms", "optimizer", "scheduler")

@@ -2,19 +2,26 @@
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import Self, override
 
 from lightning_kd.losses import kd_loss
 from lightning_kd.metrics import top1_agreement, topk_correct
 from lightning_kd.models.loading import load_weights
-from lightning_kd.modules.base import Batch, LightningKDModule, object_arguments, sgd
+from lightning_kd.modules.base import (
+    CHECKPOINT_RECORD,
+    Batch,
+    LightningKDModule,
+    NonFiniteLoss,
+    object_arguments,
+    sgd,
+)
 
 TEACHER_PREFIX = "teacher."
 
@@ -48,11 +55,12 @@ class KDModule(LightningKDModule):
             ``1 - alpha``.
         evaluate_teacher: also run the teacher on validation/test batches to log its accuracy
             and the teacher-student top-1 agreement.
-        optimizer, scheduler, scheduler_interval, channels_last: see
+        optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
     """
 
     eval_metric_names = ("loss", "acc", "acc_top5", "teacher_acc", "agreement")
+    progress_bar_names: ClassVar[tuple[str, ...] | None] = ("loss_ce", "loss_kd")
 
     def __init__(
         self,
@@ -69,8 +77,9 @@ class KDModule(LightningKDModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         channels_last: bool = False,
+        nonfinite_loss: NonFiniteLoss = "error",
     ) -> None:
-        super().__init__(optimizer, scheduler, scheduler_interval, channels_last)
+        super().__init__(optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
@@ -93,12 +102,12 @@ class KDModule(LightningKDModule):
         self.evaluate_teacher = evaluate_teacher
         self.save_teacher_weights = save_teacher_weights
         self.teacher_checkpoint = teacher_checkpoint
-        self.teacher_sha256: str | None = None
-        if teacher_checkpoint is not None:
-            load_weights(self.teacher, teacher_checkpoint)
-            self.teacher_sha256 = _sha256(teacher_checkpoint)
-        if student_checkpoint is not None:
-            load_weights(self.student, student_checkpoint)
+        self.student_checkpoint = student_checkpoint
+        #: Where the teacher / student weights came from: absolute path and SHA-256 of each
+        #: file (``None`` when not loaded from a file), recorded in every checkpoint.
+        self.teacher_source = _load_recorded(self.teacher, teacher_checkpoint)
+        self.student_source = _load_recorded(self.student, student_checkpoint)
+        self.teacher_sha256: str | None = self.teacher_source["sha256"]
         self.teacher.requires_grad_(False)
         self.teacher.eval()
 
@@ -168,12 +177,33 @@ class KDModule(LightningKDModule):
         return self.student
 
     @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["teacher_source"] = {
-            "path": self.teacher_checkpoint,
-            "sha256": self.teacher_sha256,
-            "weights_saved": self.save_teacher_weights,
+    def eval_mode_modules(self) -> dict[str, str]:
+        return {"teacher": "the frozen teacher's weights and BatchNorm statistics never change"}
+
+    @override
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        source = self.teacher_source
+        if source["path"] is not None:
+            rank_zero_info(f"teacher: {source['path']} (sha256 {source['sha256']})")
+        else:
+            rank_zero_info("teacher: weights as constructed (no teacher_checkpoint file)")
+
+    def run_facts(self) -> dict[str, Any]:
+        """Facts of this run for the hyperparameter record: the teacher and student files."""
+        return {
+            "teacher_file": self.teacher_source["path"],
+            "teacher_sha256": self.teacher_source["sha256"],
+            "student_init_file": self.student_source["path"],
+            "student_init_sha256": self.student_source["sha256"],
         }
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        record = checkpoint[CHECKPOINT_RECORD]
+        record["teacher"] = {**self.teacher_source, "weights_saved": self.save_teacher_weights}
+        record["student_init"] = dict(self.student_source)
         if not self.save_teacher_weights:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
@@ -181,26 +211,60 @@ class KDModule(LightningKDModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        source = checkpoint.get("teacher_source", {})
+        """Restore the teacher: from the checkpoint's own weights, or (when they were left out)
+        from ``teacher_checkpoint``, which must be the very file the run was trained with.
+
+        Raises:
+            ValueError: If the teacher weights were left out and ``teacher_checkpoint`` is
+                missing or is not the file the checkpoint records (by SHA-256).
+        """
+        source = recorded_teacher(checkpoint)
         state = checkpoint["state_dict"]
+        saved_sha = source.get("sha256")
         if any(k.startswith(TEACHER_PREFIX) for k in state):
+            if saved_sha is not None and self.teacher_sha256 not in (None, saved_sha):
+                rank_zero_warn(
+                    f"the teacher file {self.teacher_source['path']} (sha256 "
+                    f"{self.teacher_sha256}) is not the one this checkpoint was trained with "
+                    f"({source.get('path')}, sha256 {saved_sha}); the checkpoint's own copy of "
+                    "the original teacher is used"
+                )
             return
         # The teacher's weights were left out: they are the ones this module loaded from
         # ``teacher_checkpoint`` at construction. Put them back so loading stays strict.
         if self.teacher_checkpoint is None:
             raise ValueError(
                 "this checkpoint has no teacher weights (it was saved with "
-                f"save_teacher_weights=False from {source.get('path')!r}); construct the module "
-                "with teacher_checkpoint pointing at that file"
+                f"save_teacher_weights=False from {source.get('path')!r}); set "
+                "teacher_checkpoint to that file"
             )
-        saved_sha = source.get("sha256")
         if saved_sha is not None and saved_sha != self.teacher_sha256:
-            rank_zero_warn(
-                f"teacher file {self.teacher_checkpoint!r} differs from the one this checkpoint "
-                f"was trained with (sha256 {self.teacher_sha256} != {saved_sha})"
+            raise ValueError(
+                f"teacher_checkpoint {self.teacher_source['path']} has sha256 "
+                f"{self.teacher_sha256}, but this checkpoint was trained with the teacher "
+                f"{source.get('path')} of sha256 {saved_sha}, and it holds no copy of its "
+                "weights. Point teacher_checkpoint at the original file, or start a new run "
+                "without ckpt_path."
             )
         for key, value in self.teacher.state_dict().items():
             state[TEACHER_PREFIX + key] = value
+
+
+def recorded_teacher(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The teacher file a KD checkpoint records: ``path`` (absolute), ``sha256`` and
+    ``weights_saved`` (empty for a checkpoint of another module)."""
+    record = checkpoint.get(CHECKPOINT_RECORD, {})
+    if "teacher" in record:
+        return dict(record["teacher"])
+    return dict(checkpoint.get("teacher_source", {}))  # written before the record existed
+
+
+def _load_recorded(network: nn.Module, path: str | None) -> dict[str, str | None]:
+    """Load ``path`` into ``network`` (if given) and return its absolute path and SHA-256."""
+    if path is None:
+        return {"path": None, "sha256": None}
+    load_weights(network, path)
+    return {"path": str(Path(path).expanduser().resolve()), "sha256": _sha256(path)}
 
 
 def _sha256(path: str | Path) -> str:

@@ -19,6 +19,7 @@ from lightning_kd.metrics import topk_correct
 from lightning_kd.modules.base import (
     Batch,
     LightningKDModule,
+    NonFiniteLoss,
     object_arguments,
     scalar,
     sgd,
@@ -128,7 +129,7 @@ class MeanTeacherModule(LightningKDModule):
         export_network: the network :meth:`exported_model`, :meth:`forward` and
             ``predict_step`` use, ``"teacher"`` (the paper reports the teacher) or
             ``"student"``.
-        optimizer, scheduler, scheduler_interval, channels_last: see
+        optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
 
     Raises:
@@ -162,8 +163,9 @@ class MeanTeacherModule(LightningKDModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         channels_last: bool = False,
+        nonfinite_loss: NonFiniteLoss = "error",
     ) -> None:
-        super().__init__(optimizer, scheduler, scheduler_interval, channels_last)
+        super().__init__(optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss)
         if not 0.0 <= ema_decay <= 1.0:
             raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
         if consistency not in _CONSISTENCY_LOSSES:

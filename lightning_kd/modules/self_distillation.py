@@ -45,7 +45,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_kd.ema import ema_update_
-from lightning_kd.modules.base import Batch, LightningKDModule, sgd
+from lightning_kd.modules.base import Batch, LightningKDModule, NonFiniteLoss, sgd
 from lightning_kd.schedules import cosine_schedule
 
 __all__ = [
@@ -124,7 +124,7 @@ class SelfDistillationModule(LightningKDModule):
             optimizer's ``weight_decay``); ``None`` keeps the optimizer's value throughout.
         eval_network: Which backbone :meth:`embed`, :meth:`exported_model` and the kNN
             evaluation use: the EMA ``"teacher"`` or the ``"student"``.
-        optimizer, scheduler, scheduler_interval, channels_last: see
+        optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
 
     Raises:
@@ -148,8 +148,9 @@ class SelfDistillationModule(LightningKDModule):
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "step",
         channels_last: bool = False,
+        nonfinite_loss: NonFiniteLoss = "error",
     ) -> None:
-        super().__init__(optimizer, scheduler, scheduler_interval, channels_last)
+        super().__init__(optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss)
         for label, value in (("momentum_start", momentum_start), ("momentum_end", momentum_end)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{label} must be in [0, 1], got {value}")
@@ -253,7 +254,7 @@ class SelfDistillationModule(LightningKDModule):
         optimizer = self.optimizer_factory([g for g in groups if g["params"]])
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        scheduler = self.build_scheduler(optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
@@ -267,10 +268,14 @@ class SelfDistillationModule(LightningKDModule):
         self._probe_outputs = (features.detach(), targets)
 
     @override
-    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:  # type: ignore[override]
-        """:meth:`LightningKDModule.training_step`, plus the features for online evaluation."""
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor] | None:  # type: ignore[override]
+        """:meth:`LightningKDModule.training_step`, plus the features for online evaluation
+        (``None`` for a step skipped by ``nonfinite_loss="skip"``)."""
         self._probe_outputs = None
         loss = super().training_step(batch, batch_idx)
+        if loss is None:
+            self._probe_outputs = None
+            return None
         if self._probe_outputs is None:
             raise RuntimeError(
                 f"{type(self).__name__}.compute_losses must call set_probe_outputs(features, "
