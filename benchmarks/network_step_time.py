@@ -9,6 +9,11 @@ round builds each network afresh (seed 0), runs ``--warmup`` untimed steps and t
 machine's speed spreads over all rows. The report gives the median over all timed steps of a
 row, its interquartile range and the median of each round.
 
+With ``--kd-pairs`` (default: the six cross-architecture pairs of the CIFAR-100 table) it also
+times one KD step per pair: the frozen teacher's forward in eval mode under
+``torch.inference_mode``, the student's forward, ``0.1 * CE + 0.9 * kd_loss(T=4)``, backward
+and the SGD step of the student, as ``KDModule`` does.
+
 Timings on a shared machine are not worth reporting: run on an idle one (the load averages
 before and after are recorded) with ``OMP_NUM_THREADS`` unset or set to the core count.
 
@@ -41,6 +46,7 @@ from report import RESULTS_DIR, busy, cpu_model, load_average, write_result
 from torch import Tensor, nn
 
 from lightning_kd import models
+from lightning_kd.losses import kd_loss
 
 ZOO = [
     "vgg8",
@@ -54,6 +60,15 @@ ZOO = [
     "resnet50",
 ]
 EXISTING = ["resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_2"]
+#: The cross-architecture (teacher, student) pairs of the CIFAR-100 KD table.
+CROSS_PAIRS = [
+    "vgg13:mobilenetv2",
+    "resnet50:mobilenetv2",
+    "resnet50:vgg8",
+    "resnet32x4:shufflenetv1",
+    "resnet32x4:shufflenetv2",
+    "wrn_40_2:shufflenetv1",
+]
 PRECISIONS = ["fp32", "bf16-mixed"]
 NUM_CLASSES = 100
 
@@ -87,21 +102,32 @@ def time_steps(
     batch_size: int,
     warmup: int,
     steps: int,
+    make_teacher: Callable[[int], nn.Module] | None = None,
 ) -> list[float]:
-    """Seconds of each of ``steps`` training steps, after ``warmup`` untimed ones."""
+    """Seconds of each of ``steps`` training steps, after ``warmup`` untimed ones; a KD step
+    with a frozen teacher when ``make_teacher`` is given."""
     torch.manual_seed(0)
     model = make(NUM_CLASSES).train()
+    teacher = make_teacher(NUM_CLASSES).eval().requires_grad_(False) if make_teacher else None
     x = torch.randn(batch_size, 3, 32, 32)
     y = torch.randint(0, NUM_CLASSES, (batch_size,))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last) if teacher else None
         x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
     def step() -> Tensor:
+        teacher_logits = None
+        if teacher is not None:
+            with torch.inference_mode(), _autocast(precision):
+                teacher_logits = teacher(x)  # (B, 100)
+            teacher_logits = teacher_logits.clone()
         with _autocast(precision):
             logits = model(x)  # (B, 100)
         loss = F.cross_entropy(logits.float(), y)
+        if teacher_logits is not None:
+            loss = 0.1 * loss + 0.9 * kd_loss(logits, teacher_logits, temperature=4.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -158,6 +184,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all rows")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--kd-pairs",
+        nargs="*",
+        default=CROSS_PAIRS,
+        help="teacher:student pairs to time one KD step for (none: --kd-pairs with no value)",
+    )
     parser.add_argument("--name", default="network_step_time", help="results file stem")
     args = parser.parse_args()
     for option in ("batch_size", "steps", "rounds"):
@@ -166,6 +198,14 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     networks = list(dict.fromkeys(args.networks + (EXISTING if args.include_existing else [])))
+    for pair in args.kd_pairs:
+        teacher_name, _, student_name = pair.partition(":")
+        for name in (teacher_name, student_name):
+            if not hasattr(models, name):
+                parser.error(f"--kd-pairs: unknown network {name!r} in {pair!r}")
+    rows_to_time = [(name, None) for name in networks] + [
+        (pair.partition(":")[2], pair.partition(":")[0]) for pair in args.kd_pairs
+    ]
     channels_last = args.memory_format == "channels_last"
 
     load_before_text, load_before = load_average(), _loadavg()
@@ -174,7 +214,7 @@ def main() -> None:
     started = dt.datetime.now(dt.timezone.utc)
     runs: dict[tuple[str, str], list[list[float]]] = {}
     for round_index in range(args.rounds):
-        for name in networks:
+        for name, teacher_name in rows_to_time:
             for precision in args.precisions:
                 times = time_steps(
                     getattr(models, name),
@@ -183,10 +223,12 @@ def main() -> None:
                     batch_size=args.batch_size,
                     warmup=args.warmup,
                     steps=args.steps,
+                    make_teacher=getattr(models, teacher_name) if teacher_name else None,
                 )
-                runs.setdefault((name, precision), []).append(times)
+                label = f"KD {teacher_name} -> {name}" if teacher_name else name
+                runs.setdefault((label, precision), []).append(times)
                 print(
-                    f"round {round_index + 1}/{args.rounds} {name} {precision}: "
+                    f"round {round_index + 1}/{args.rounds} {label} {precision}: "
                     f"{1e3 * statistics.median(times):.1f} ms/step",
                     flush=True,
                 )
@@ -197,7 +239,10 @@ def main() -> None:
         rows.append(
             Row(
                 network=name,
-                parameters=sum(p.numel() for p in getattr(models, name)(NUM_CLASSES).parameters()),
+                parameters=sum(
+                    p.numel()
+                    for p in getattr(models, name.rpartition(" -> ")[2])(NUM_CLASSES).parameters()
+                ),
                 precision=precision,
                 memory_format=args.memory_format,
                 median_ms=round(1e3 * median, 2),

@@ -46,3 +46,32 @@ def test_kd_ddp_two_processes(kind: str, tmp_path: Path) -> None:
     seen0, seen1 = set(ranks[0]["seen"].tolist()), set(ranks[1]["seen"].tolist())
     assert len(seen0) == len(seen1) == 16
     assert not seen0 & seen1
+
+
+@pytest.mark.parametrize("mode", ["skip", "error"])
+def test_nonfinite_loss_on_one_rank_is_decided_jointly(mode: str, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "nonfinite_ddp_script.py"), str(tmp_path), mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    if mode == "error":
+        # Both processes stop at the same step, each naming it (rank 0's own loss was finite).
+        assert "non-finite training loss at optimizer step 0" in ranks[0]["error"]
+        assert "loss=nan" in ranks[1]["error"]
+        assert "the loss on another process" in ranks[0]["error"]
+        return
+    assert ranks[0]["error"] == ranks[1]["error"] == ""
+    # Both skipped step 0 and trained on in step: weights identical and moved.
+    for key, value in ranks[0]["model"].items():
+        if "running" not in key:
+            assert torch.equal(value, ranks[1]["model"][key]), key
+    assert not torch.equal(ranks[0]["model"]["fc.weight"], ranks[0]["initial"]["fc.weight"])

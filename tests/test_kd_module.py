@@ -285,3 +285,77 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert not torch.equal(first.student.conv.weight, full.student.conv.weight)
     for key, value in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+class _RecordingNet(TinyNet):
+    """TinyNet that keeps the last input it saw."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.detach().clone()
+        return super().forward(x)
+
+
+class _NormalizedTinyData(TinyData):
+    """TinyData whose batches count as normalised with these statistics."""
+
+    mean = (0.5, 0.4, 0.3)
+    std = (0.25, 0.2, 0.1)
+
+
+def test_renormalize_matches_the_closed_form() -> None:
+    from lightning_kd.normalization import Renormalize
+
+    raw = torch.rand(2, 3, 4, 4)
+    m_in, s_in = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.25, 0.2, 0.1])
+    m_out, s_out = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = (raw - m_in.view(1, 3, 1, 1)) / s_in.view(1, 3, 1, 1)
+    expected = (raw - m_out.view(1, 3, 1, 1)) / s_out.view(1, 3, 1, 1)
+    renorm = Renormalize(m_in.tolist(), s_in.tolist(), m_out.tolist(), s_out.tolist())
+    assert torch.allclose(renorm(x), expected, atol=1e-6)
+    # Same statistics in and out: the identity.
+    same = Renormalize(m_in.tolist(), s_in.tolist(), m_in.tolist(), s_in.tolist())
+    assert torch.allclose(same(x), x, atol=1e-6)
+    assert not renorm.state_dict()  # constants never enter a checkpoint
+    with pytest.raises(ValueError, match="output_std must be > 0"):
+        Renormalize([0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="same number of channels"):
+        Renormalize([0.0] * 3, [1.0] * 3, [0.0], [1.0])
+
+
+def test_teacher_input_normalization_for_the_teacher_only() -> None:
+    imagenet_mean, imagenet_std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    student, teacher = _RecordingNet(), _RecordingNet()
+    module = KDModule(student, teacher, teacher_mean=imagenet_mean, teacher_std=imagenet_std)
+    data = _NormalizedTinyData()
+    t = trainer(max_steps=1, limit_val_batches=0)
+    t.fit(module, datamodule=data)
+    x = data.x[:8]  # the first training batch (no shuffling)
+    assert torch.equal(student.seen, x)
+    mean, std = torch.tensor(data.mean).view(1, 3, 1, 1), torch.tensor(data.std).view(1, 3, 1, 1)
+    raw = x * std + mean
+    expected = (raw - torch.tensor(imagenet_mean).view(1, 3, 1, 1)) / torch.tensor(
+        imagenet_std
+    ).view(1, 3, 1, 1)
+    assert torch.allclose(teacher.seen, expected, atol=1e-5)
+    # Evaluation sees the same re-normalisation.
+    module.evaluate((x, data.y[:8]))
+    assert torch.allclose(teacher.seen, expected, atol=1e-5)
+
+
+def test_teacher_input_normalization_needs_the_input_statistics() -> None:
+    module = KDModule(TinyNet(), TinyNet(), teacher_mean=[0.5] * 3, teacher_std=[0.2] * 3)
+    with pytest.raises(ValueError, match="has no mean / std: pass input_mean and input_std"):
+        trainer(max_steps=1).fit(module, datamodule=TinyData())
+    with pytest.raises(ValueError, match="teacher_mean and teacher_std go together"):
+        KDModule(TinyNet(), TinyNet(), teacher_mean=[0.5] * 3)
+    # Given explicitly, no datamodule statistics are needed.
+    explicit = KDModule(
+        TinyNet(),
+        TinyNet(),
+        teacher_mean=[0.5] * 3,
+        teacher_std=[0.2] * 3,
+        input_mean=[0.5] * 3,
+        input_std=[0.2] * 3,
+    )
+    trainer(max_steps=1, limit_val_batches=0).fit(explicit, datamodule=TinyData())
+    assert explicit.trainer.global_step == 1

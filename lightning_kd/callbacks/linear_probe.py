@@ -148,8 +148,8 @@ class OnlineLinearProbe(Callback):
     ) -> None:
         if not trainer.training:
             return
-        if outputs is None or (isinstance(outputs, Mapping) and not outputs):
-            return  # training_step returned None: Lightning skipped this batch
+        if outputs is None or (isinstance(outputs, Mapping) and "features" not in outputs):
+            return  # a skipped batch (nonfinite_loss="skip"): no features to train on
         features, targets = split_outputs(outputs, "OnlineLinearProbe.on_train_batch_end")
         if self.probe is None:
             self._create(features.shape[1], self._resolve_num_classes(trainer), features.device)

@@ -103,6 +103,10 @@ class LightningKDModule(L.LightningModule):
         # This step's parts (detached), written to the logger in on_train_batch_end and read
         # by the progress bar (lightning_kd.callbacks.progress).
         self._step_parts: dict[str, Tensor] = {}
+        # Set when a batch of the current optimizer step was skipped (nonfinite_loss="skip").
+        self._skip_optimizer_step = False
+        #: Whether the last :meth:`optimizer_step` skipped the step (EMA updates follow it).
+        self.last_step_skipped = False
         self.eval_metrics = nn.ModuleDict(
             {
                 f"{stage}_{name}": MeanMetric()
@@ -134,6 +138,30 @@ class LightningKDModule(L.LightningModule):
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Any = None,
+    ) -> None:
+        """Step the optimizer, unless a batch of this step had a non-finite loss under
+        ``nonfinite_loss="skip"`` (then no parameter, momentum or weight decay moves).
+
+        With ``"skip"`` the closure (forward and backward) runs first, so that the decision is
+        known before the step; the optimizer then steps with the gradients it produced. A
+        subclass that overrides this must call ``super()``.
+        """
+        self.last_step_skipped = False
+        if self.nonfinite_loss != "skip" or optimizer_closure is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        result = optimizer_closure()
+        skip, self._skip_optimizer_step = self._skip_optimizer_step, False
+        self.last_step_skipped = skip
+        if not skip:
+            optimizer.step(closure=lambda: result)
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         """Run :meth:`compute_losses`, check the loss is finite, and log what it returns.
 
@@ -145,14 +173,19 @@ class LightningKDModule(L.LightningModule):
         epoch means as ``train/<name>_epoch`` at the end of the epoch.
 
         Returns:
-            The loss, or ``None`` to skip the step (``nonfinite_loss="skip"``).
+            The loss (a zero-gradient stand-in for a step that ``nonfinite_loss="skip"``
+            skips).
         """
         losses = self.compute_losses(batch)
         if "loss" not in losses:
             raise KeyError(f"compute_losses must return a 'loss' entry, got keys {sorted(losses)}")
         if not self._loss_is_finite(losses, batch_idx):
+            # nonfinite_loss="skip": a loss with zero gradients for every trainable parameter
+            # (so that every DDP process still joins the gradient all-reduce), and no
+            # optimizer step (see optimizer_step).
             self._step_parts = {}
-            return None
+            self._skip_optimizer_step = True
+            return torch.stack([(p * 0).sum() for p in self.trainable_parameters()]).sum()
         batch_size = _batch_size(batch)
         self.log(
             "train/loss",

@@ -27,7 +27,8 @@ class FeatureKDModule(KDModule):
 
     Args:
         student, teacher, teacher_checkpoint, student_checkpoint, save_teacher_weights,
-        temperature, evaluate_teacher, optimizer, scheduler, scheduler_interval,
+        temperature, evaluate_teacher, teacher_mean, teacher_std, input_mean, input_std,
+        optimizer, scheduler, scheduler_interval,
         channels_last, nonfinite_loss: as for :class:`~lightning_kd.modules.KDModule`.
         terms: the distillation terms (:mod:`lightning_kd.modules.terms`).
         ce_weight: weight of the hard-label cross-entropy.
@@ -51,6 +52,10 @@ class FeatureKDModule(KDModule):
         student_checkpoint: str | None = None,
         save_teacher_weights: bool = True,
         evaluate_teacher: bool = True,
+        teacher_mean: list[float] | None = None,
+        teacher_std: list[float] | None = None,
+        input_mean: list[float] | None = None,
+        input_std: list[float] | None = None,
         optimizer: OptimizerCallable = sgd,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -66,6 +71,10 @@ class FeatureKDModule(KDModule):
             temperature=temperature,
             alpha=1.0,
             evaluate_teacher=evaluate_teacher,
+            teacher_mean=teacher_mean,
+            teacher_std=teacher_std,
+            input_mean=input_mean,
+            input_std=input_std,
             optimizer=optimizer,
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
@@ -106,7 +115,7 @@ class FeatureKDModule(KDModule):
         x, y = batch[0], batch[1]
         indices = batch[2] if len(batch) > 2 else None
         with torch.inference_mode():
-            teacher_logits = self.teacher(x)
+            teacher_logits = self.teacher_forward(x)
             teacher_features = _pop(self._teacher_taps)
         # Leave inference mode so losses may save these constants for the backward pass.
         teacher_logits = teacher_logits.clone()

@@ -22,6 +22,7 @@ from lightning_kd.modules.base import (
     object_arguments,
     sgd,
 )
+from lightning_kd.normalization import Renormalize
 
 TEACHER_PREFIX = "teacher."
 
@@ -55,6 +56,14 @@ class KDModule(LightningKDModule):
             ``1 - alpha``.
         evaluate_teacher: also run the teacher on validation/test batches to log its accuracy
             and the teacher-student top-1 agreement.
+        teacher_mean, teacher_std: the per-channel input normalisation the teacher expects
+            (e.g. ImageNet's ``[0.485, 0.456, 0.406]`` / ``[0.229, 0.224, 0.225]`` for a timm or
+            torchvision teacher) when it differs from the student's; the teacher then sees
+            the batch re-normalised (:class:`~lightning_kd.normalization.Renormalize`), the
+            student the batch as it is. ``None`` (default): both see the same batch.
+        input_mean, input_std: the normalisation the batches arrive with; by default the
+            datamodule's ``mean`` / ``std`` (read at setup). Needed only with
+            ``teacher_mean``.
         optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
     """
@@ -73,6 +82,10 @@ class KDModule(LightningKDModule):
         temperature: float = 4.0,
         alpha: float = 0.1,
         evaluate_teacher: bool = True,
+        teacher_mean: list[float] | None = None,
+        teacher_std: list[float] | None = None,
+        input_mean: list[float] | None = None,
+        input_std: list[float] | None = None,
         optimizer: OptimizerCallable = sgd,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -110,6 +123,39 @@ class KDModule(LightningKDModule):
         self.teacher_sha256: str | None = self.teacher_source["sha256"]
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        if (teacher_mean is None) != (teacher_std is None):
+            raise ValueError(
+                "teacher_mean and teacher_std go together, got teacher_mean="
+                f"{teacher_mean} and teacher_std={teacher_std}"
+            )
+        if (input_mean is None) != (input_std is None):
+            raise ValueError(
+                f"input_mean and input_std go together, got input_mean={input_mean} and "
+                f"input_std={input_std}"
+            )
+        self.teacher_mean, self.teacher_std = teacher_mean, teacher_std
+        #: Maps the batch to the teacher's input normalisation (identity when not needed).
+        self.teacher_input: nn.Module = nn.Identity()
+        if teacher_mean is not None and teacher_std is not None and input_mean is not None:
+            assert input_std is not None
+            self.teacher_input = Renormalize(input_mean, input_std, teacher_mean, teacher_std)
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Build the teacher's input re-normalisation from the datamodule's ``mean`` / ``std``
+        when ``teacher_mean`` is set and ``input_mean`` is not."""
+        if self.teacher_mean is not None and isinstance(self.teacher_input, nn.Identity):
+            datamodule = getattr(self.trainer, "datamodule", None)
+            mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+            if mean is None or std is None:
+                raise ValueError(
+                    "teacher_mean / teacher_std need the normalisation the batches arrive "
+                    f"with; the datamodule ({type(datamodule).__name__}) has no mean / std: "
+                    "pass input_mean and input_std"
+                )
+            assert self.teacher_std is not None
+            self.teacher_input = Renormalize(mean, std, self.teacher_mean, self.teacher_std)
+        super().setup(stage)
 
     @override
     def train(self, mode: bool = True) -> Self:
@@ -122,11 +168,16 @@ class KDModule(LightningKDModule):
         """Student logits ``(B, C)`` for images ``(B, 3, H, W)``."""
         return self.student(x)
 
+    def teacher_forward(self, x: Tensor) -> Tensor:
+        """The teacher on the batch ``x``, re-normalised to its own input statistics
+        (``teacher_mean`` / ``teacher_std``) if those differ from the student's."""
+        return self.teacher(self.teacher_input(x))
+
     def teacher_logits(self, x: Tensor) -> Tensor:
         """Teacher logits ``(B, C)``, computed without autograd, as a normal (non-inference)
         tensor that losses may save for the backward pass."""
         with torch.inference_mode():
-            logits = self.teacher(x)
+            logits = self.teacher_forward(x)
         return logits.clone()
 
     def logit_losses(
@@ -167,7 +218,7 @@ class KDModule(LightningKDModule):
             "acc_top5": topk_correct(student_logits, y, k=5),
         }
         if self.evaluate_teacher:
-            teacher_logits = self.teacher(x)
+            teacher_logits = self.teacher_forward(x)
             values["teacher_acc"] = topk_correct(teacher_logits, y, k=1)
             values["agreement"] = top1_agreement(student_logits, teacher_logits)
         return values

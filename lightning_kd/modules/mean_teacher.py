@@ -242,7 +242,8 @@ class MeanTeacherModule(LightningKDModule):
         ``accumulate_grad_batches`` batches. A subclass that overrides it must call ``super()``.
         """
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        self.update_teacher()
+        if not self.last_step_skipped:
+            self.update_teacher()
 
     @override
     def on_train_start(self) -> None:

@@ -226,7 +226,8 @@ class SelfDistillationModule(LightningKDModule):
         """
         step = self.trainer.global_step  # steps done before this one
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        self.update_teacher(step)
+        if not self.last_step_skipped:
+            self.update_teacher(step)
 
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -273,9 +274,9 @@ class SelfDistillationModule(LightningKDModule):
         (``None`` for a step skipped by ``nonfinite_loss="skip"``)."""
         self._probe_outputs = None
         loss = super().training_step(batch, batch_idx)
-        if loss is None:
+        if loss is None or self._skip_optimizer_step:
             self._probe_outputs = None
-            return None
+            return None if loss is None else {"loss": loss}
         if self._probe_outputs is None:
             raise RuntimeError(
                 f"{type(self).__name__}.compute_losses must call set_probe_outputs(features, "
