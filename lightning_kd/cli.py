@@ -130,15 +130,15 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
             record[f"trainer.{key}"] = _hparam_value(dumped.get("trainer", {}).get(key))
         facts = getattr(pl_module, "run_facts", None)
         if callable(facts):
-            record.update({key: _hparam_value(value) for key, value in facts().items()})
-        write_hparams_record(logger, record)
+            record.update(facts())
+        write_hparams_record(logger, {key: _hparam_value(value) for key, value in record.items()})
 
 
 def _hparam_value(value: Any) -> Any:
     """A value TensorBoard's HPARAMS tab can show and filter: bool, int, float or str."""
     if isinstance(value, bool | int | float | str):
         return value
-    return "None" if value is None else json.dumps(value)
+    return "None" if value is None else json.dumps(value, default=str)
 
 
 def write_hparams_record(logger: Logger, record: dict[str, Any]) -> None:

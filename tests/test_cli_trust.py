@@ -481,10 +481,13 @@ def test_logging_steps_progress_bar_and_one_hparams_record(workdir: Path) -> Non
             "2",
             "--trainer.limit_train_batches",
             "5",
+            "--model.init_args.scheduler",
+            "torch.optim.lr_scheduler.MultiStepLR",
+            "--model.init_args.scheduler.milestones",
+            "[1, 2]",
         ]
     )
     assert isinstance(cli.trainer.progress_bar_callback, PartsRichProgressBar)
-    bar = cli.trainer.progress_bar_callback.get_metrics(cli.trainer, cli.model)
     cli.trainer.training = True
     bar = cli.trainer.progress_bar_callback.get_metrics(cli.trainer, cli.model)
     assert {"loss_ce", "loss_kd"} <= set(bar)
@@ -516,6 +519,9 @@ def test_logging_steps_progress_bar_and_one_hparams_record(workdir: Path) -> Non
     assert hparams["model.temperature"] == 4.0 and hparams["model.student.width"] == 4
     assert hparams["data.batch_size"] == 16 and len(hparams["teacher_sha256"]) == 64
     assert all(not isinstance(v, dict | list) for v in hparams.values())
+    # Lists (and None) are recorded as text, which TensorBoard's HPARAMS accepts.
+    assert hparams["model.scheduler.milestones"] == "[1, 2]"
+    assert hparams["model.student_checkpoint"] == "None"
 
 
 # ---------------------------------------------------------------------- output folders
