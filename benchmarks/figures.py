@@ -4,8 +4,8 @@ The notebooks draw similar figures from their own runs (one seed); this script d
 from all the runs behind the README's tables, so the pictures and the numbers agree:
 
 * ``bench_quickstart.png``: the quickstart teacher's soft targets at T = 1, 2, 4, 8 for the
-  first CIFAR-10 test image, and the vanilla vs KD students' test accuracy over training
-  (quickstart, seed 0: ``make quickstart``).
+  first CIFAR-10 test image, and the vanilla vs KD students' validation accuracy (the 5,000
+  held-out training images) over training (quickstart, seed 0: ``make quickstart``).
 * ``bench_mean_teacher.png``: student vs EMA teacher test accuracy over training for each
   seed, with the supervised-only baseline's final accuracy (``benchmarks/mean_teacher.py``).
 * ``bench_self_distillation.png``: kNN accuracy over training of DINO and BYOL against the
@@ -85,7 +85,11 @@ def classical_kd(data_dir: str, runs: Path, out: Path) -> None:
         epochs = range(1, len(series) + 1)
         ax.plot(epochs, 100 * series.values, marker="o", color=color, label=run)
     ax.axhline(100 * teacher_acc["t", "val/acc"].last(), color="gray", ls="--", label="teacher")
-    ax.set(title="test accuracy (quickstart, seed 0)", xlabel="epoch", ylabel="%")
+    ax.set(
+        title="val acc, 5,000 held out (seed 0)",
+        xlabel="epoch",
+        ylabel="%",
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small")
     fig.savefig(out / "bench_quickstart.png", dpi=110)
@@ -102,11 +106,12 @@ def mean_teacher(runs: Path, rows_file: Path | None, out: Path) -> None:
     fig, axes = plt.subplots(1, len(seeds), figsize=(6 * len(seeds), 3.8), layout="constrained")
     for ax, seed in zip(list(axes) if len(seeds) > 1 else [axes], seeds, strict=True):
         table = read_scalars(
-            {"mt": _version_dir(runs / f"seed{seed}/mean_teacher")}, ["val/acc", "val/teacher_acc"]
+            {"mt": _version_dir(runs / f"seed{seed}/mean_teacher")},
+            ["val_on_test/acc", "val_on_test/teacher_acc"],  # the recipe has val_split=0
         )
         for tag, label, color in (
-            ("val/acc", "student", "C0"),
-            ("val/teacher_acc", "EMA teacher", "C3"),
+            ("val_on_test/acc", "student", "C0"),
+            ("val_on_test/teacher_acc", "EMA teacher", "C3"),
         ):
             series = table["mt", tag]
             ax.plot(

@@ -869,3 +869,38 @@ def test_end_to_end_on_cifar_with_online_evaluation(kind: str, cifar10_dir: Path
         value = t.callback_metrics[key].item()
         assert 0.0 <= value <= 1.0, key
     assert math.isfinite(t.callback_metrics["train/loss_epoch"].item())
+
+
+class _NaNFirstStep(Callback):
+    """Poisons the student's output at the first training batch only."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, i: int) -> None:
+        pl_module._poison = i == 0
+
+
+@pytest.mark.parametrize("kind", ["dino", "byol"])
+def test_skipped_nonfinite_step_moves_neither_network(kind: str) -> None:
+    module = MAKERS[kind](momentum_start=0.5, momentum_end=0.5, nonfinite_loss="skip")
+    original = module.compute_losses
+
+    def compute_losses(batch: Any) -> dict[str, Tensor]:
+        losses = original(batch)
+        if module._poison:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    module.compute_losses = compute_losses  # type: ignore[method-assign]
+    student, teacher = _params(module.student), _params(module.teacher)
+    probe = OnlineLinearProbe(num_classes=4)
+    with pytest.warns(UserWarning, match="skipping this step"):
+        trainer(
+            max_steps=1,
+            limit_train_batches=1,
+            limit_val_batches=0,
+            callbacks=[probe, _NaNFirstStep()],
+        ).fit(module, datamodule=data_for(module))
+    # The only batch was skipped: no optimizer step and no EMA update (Lightning's step
+    # counter still counts it, so schedules stay a function of the batches seen).
+    assert module.trainer.global_step == 1
+    _assert_equal(_params(module.student), student)
+    _assert_equal(_params(module.teacher), teacher)

@@ -148,7 +148,9 @@ class OnlineLinearProbe(Callback):
     ) -> None:
         if not trainer.training:
             return
-        if outputs is None or (isinstance(outputs, Mapping) and "features" not in outputs):
+        if outputs is None or (
+            isinstance(outputs, Mapping) and (not outputs or outputs.get("skipped") is True)
+        ):
             return  # a skipped batch (nonfinite_loss="skip"): no features to train on
         features, targets = split_outputs(outputs, "OnlineLinearProbe.on_train_batch_end")
         if self.probe is None:

@@ -54,10 +54,11 @@ class LightningKDModule(L.LightningModule):
             with ``bf16-mixed`` on CPUs with AMX and on tensor-core GPUs).
         nonfinite_loss: what to do when the training loss of a step is NaN or infinite:
             ``"error"`` (default) stops training with an error that names the step and the
-            loss parts that are not finite; ``"skip"`` skips that step (no backward, no
-            optimizer step) with a warning; ``"warn"`` only warns and trains on. Under DDP the
-            decision is taken jointly by all processes. In every mode a checkpoint whose
-            weights are not finite is refused.
+            loss parts that are not finite; ``"skip"`` skips that step with a warning (no
+            parameter, optimizer state or EMA teacher moves; Lightning's step counter still
+            counts it); ``"warn"`` only warns and trains on. Under DDP the decision is taken
+            jointly by all processes (one extra scalar all-reduce per step). In every mode a
+            checkpoint whose weights are not finite is refused.
 
     Training curves: ``train/loss_step`` (every ``log_every_n_steps`` optimizer steps) and
     ``train/loss_epoch``; every other entry ``<name>`` that :meth:`compute_losses` returns is

@@ -276,7 +276,7 @@ class SelfDistillationModule(LightningKDModule):
         loss = super().training_step(batch, batch_idx)
         if loss is None or self._skip_optimizer_step:
             self._probe_outputs = None
-            return None if loss is None else {"loss": loss}
+            return None if loss is None else {"loss": loss, "skipped": True}
         if self._probe_outputs is None:
             raise RuntimeError(
                 f"{type(self).__name__}.compute_losses must call set_probe_outputs(features, "
