@@ -269,9 +269,10 @@ class SelfDistillationModule(LightningKDModule):
         self._probe_outputs = (features.detach(), targets)
 
     @override
-    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor] | None:  # type: ignore[override]
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any] | None:  # type: ignore[override]
         """:meth:`LightningKDModule.training_step`, plus the features for online evaluation
-        (``None`` for a step skipped by ``nonfinite_loss="skip"``)."""
+        (``{"loss": <zero-gradient stand-in>, "skipped": True}`` for a step that
+        ``nonfinite_loss="skip"`` skips)."""
         self._probe_outputs = None
         loss = super().training_step(batch, batch_idx)
         if loss is None or self._skip_optimizer_step:
