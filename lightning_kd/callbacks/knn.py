@@ -21,12 +21,13 @@ from typing import Any, cast
 
 import lightning as L
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from typing_extensions import override
+
+from lightning_kd.distributed import all_gather_uneven, all_reduce_sum_
 
 #: Where the protocol the online-evaluation callbacks rely on is described (for error messages).
 PROTOCOL = "the online-evaluation protocol (see lightning_kd.callbacks)"
@@ -121,10 +122,6 @@ def _weighted_votes(
     votes = torch.zeros(query.shape[0], num_classes, device=query.device)  # (B, C)
     votes.scatter_add_(1, bank_labels[top_idx].long(), weights)
     return votes / votes.sum(dim=1, keepdim=True)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def trainer_datamodule(trainer: L.Trainer) -> Any:
@@ -231,8 +228,7 @@ class KNNEvaluation(Callback):
             )
         self.num_classes = int(datamodule.num_classes)
         features, labels = self._embed_shard(trainer, pl_module)
-        if _distributed():
-            features, labels = _gather_unequal(features, labels)
+        features, labels = all_gather_uneven(features, labels)
         if features.shape[0] == 0:
             raise ValueError("KNNEvaluation: feature_bank_dataloader yielded no images on any rank")
         if bool(((labels < 0) | (labels >= self.num_classes)).any()):
@@ -317,8 +313,7 @@ class KNNEvaluation(Callback):
         self._free()
         if counts is None:
             return
-        if _distributed():
-            dist.all_reduce(counts)
+        all_reduce_sum_(counts)
         total = counts[2].clamp(min=1).double()
         # Already reduced over ranks, so no sync_dist; every rank logs the same value.
         pl_module.log(f"{self.log_prefix}_acc", (counts[0] / total).float(), sync_dist=False)
@@ -331,32 +326,3 @@ class KNNEvaluation(Callback):
 
     def _free(self) -> None:
         self.bank_features = self.bank_labels = self._counts = None
-
-
-def _gather_unequal(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """All-gather ``(n_r, D)`` features and ``(n_r,)`` labels whose ``n_r`` differs by rank.
-
-    Each rank pads to the largest shard, the padded tensors are all-gathered, and the padding is
-    dropped again. Returns the concatenation in rank order, identical on every rank.
-    """
-    world_size = dist.get_world_size()
-    device = features.device
-    local_shape = torch.tensor(features.shape, dtype=torch.long, device=device)  # (2,)
-    shapes = [torch.zeros_like(local_shape) for _ in range(world_size)]
-    dist.all_gather(shapes, local_shape)
-    sizes = [int(s[0]) for s in shapes]
-    dim = max(int(s[1]) for s in shapes)
-    longest = max(sizes)
-    padded = torch.zeros(longest, dim, dtype=torch.float32, device=device)
-    if features.shape[0] > 0:  # an empty shard may have D = 0
-        padded[: features.shape[0]] = features
-    padded_labels = torch.zeros(longest, dtype=torch.long, device=device)
-    padded_labels[: labels.shape[0]] = labels
-    all_features = [torch.empty_like(padded) for _ in range(world_size)]
-    all_labels = [torch.empty_like(padded_labels) for _ in range(world_size)]
-    dist.all_gather(all_features, padded)
-    dist.all_gather(all_labels, padded_labels)
-    return (
-        torch.cat([f[:n] for f, n in zip(all_features, sizes, strict=True)]),
-        torch.cat([y[:n] for y, n in zip(all_labels, sizes, strict=True)]),
-    )

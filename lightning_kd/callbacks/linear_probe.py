@@ -12,17 +12,13 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_kd.callbacks.knn import PROTOCOL, split_outputs, trainer_datamodule
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from lightning_kd.distributed import all_reduce_mean_, all_reduce_sum_, is_distributed
 
 
 class OnlineLinearProbe(Callback):
@@ -170,11 +166,9 @@ class OnlineLinearProbe(Callback):
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-        if _distributed():
+        if is_distributed():
             grads = [p.grad for p in probe.parameters() if p.grad is not None]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
+            flat = all_reduce_mean_(torch.cat([g.reshape(-1) for g in grads]))
             offset = 0
             for g in grads:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
@@ -195,8 +189,7 @@ class OnlineLinearProbe(Callback):
         sums, self._train_sums = self._train_sums, None
         if sums is None:
             return
-        if _distributed():
-            dist.all_reduce(sums)
+        all_reduce_sum_(sums)
         count = sums[2].clamp(min=1)
         # Already reduced over ranks, so no sync_dist; every rank logs the same value.
         pl_module.log(f"train/{self.log_prefix}_loss", sums[0] / count, sync_dist=False)
@@ -238,8 +231,7 @@ class OnlineLinearProbe(Callback):
         sums, self._val_sums = self._val_sums, None
         if sums is None:
             return
-        if _distributed():
-            dist.all_reduce(sums)
+        all_reduce_sum_(sums)
         pl_module.log(f"val/{self.log_prefix}_acc", sums[0] / sums[1].clamp(min=1), sync_dist=False)
 
     # ------------------------------------------------------------------ checkpointing

@@ -49,7 +49,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch import Tensor
@@ -74,6 +73,7 @@ from lightning_kd.data.cifar_files import (
     resolve_cifar_dir,
 )
 from lightning_kd.data.label_split import read_split_file, write_split_file
+from lightning_kd.distributed import world_size_and_rank
 
 __all__ = [
     "CIFAR10SSLDataModule",
@@ -453,9 +453,7 @@ class CIFARSSLDataModuleBase(CIFARFiles, LightningDataModule):
         trainer = self.trainer
         if trainer is not None:
             return trainer.world_size, trainer.global_rank
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size(), dist.get_rank()
-        return 1, 0
+        return world_size_and_rank()
 
     def _stream_loader(
         self, dataset: UInt8ImageDataset, sampler: CyclingDistributedSampler

@@ -29,10 +29,10 @@ import math
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_kd.distributed import all_gather_cat, all_reduce_mean_
 from lightning_kd.losses.logit import _float32_math
 
 __all__ = ["CRDMemory", "crd_loss", "crd_objective"]
@@ -244,9 +244,7 @@ class CRDMemory(nn.Module):
             raw_s = _exp_scores(student_embed, self.teacher_bank, sample_idx, self.temperature)
             raw_t = _exp_scores(teacher_embed, self.student_bank, sample_idx, self.temperature)
             z = torch.stack([self._estimate_z(raw_s), self._estimate_z(raw_t)])  # (2,)
-        if _distributed():
-            dist.all_reduce(z)
-            z /= dist.get_world_size()
+        all_reduce_mean_(z)
         self.z_student.copy_(torch.where(self.z_student > 0, self.z_student, z[0]))
         self.z_teacher.copy_(torch.where(self.z_teacher > 0, self.z_teacher, z[1]))
         self._normalizers_known_set = True
@@ -314,8 +312,7 @@ class CRDMemory(nn.Module):
             self.maybe_init_normalizers_(student_embed, teacher_embed, sample_idx)
 
         s, t, idx = student_embed.detach(), teacher_embed.detach(), indices.long()
-        if _distributed():
-            s, t, idx = _all_gather_cat(s), _all_gather_cat(t), _all_gather_cat(idx)
+        s, t, idx = all_gather_cat(s), all_gather_cat(t), all_gather_cat(idx)
         idx, keep = _last_occurrence(idx)  # (U,), (U,)
         with _float32_math(s):
             self._update_bank(self.student_bank, s.float()[keep], idx)
@@ -465,18 +462,6 @@ def _uniform_rows(num_rows: int, dim: int, stdv: float) -> Tensor:
 def _reset_normalizer_cache(module: nn.Module, incompatible_keys: Any) -> None:
     if isinstance(module, CRDMemory):
         module._normalizers_known_set = False
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_gather_cat(tensor: Tensor) -> Tensor:
-    """Concatenate equal-sized ``tensor`` of every rank along dim 0, in rank order."""
-    tensor = tensor.contiguous()
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor)
-    return torch.cat(parts, dim=0)
 
 
 def _last_occurrence(idx: Tensor) -> tuple[Tensor, Tensor]:

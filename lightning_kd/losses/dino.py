@@ -31,10 +31,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_kd.distributed import all_reduce_sum_
 from lightning_kd.losses.logit import _float32_math
 
 __all__ = ["DINOCenter", "dino_loss", "teacher_entropy"]
@@ -225,8 +225,7 @@ class DINOCenter(nn.Module):
             for part in parts:
                 stats[: self.dim] += part.float().sum(dim=0)  # (K,)
                 stats[self.dim] += part.shape[0]
-            if _distributed():
-                dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+            all_reduce_sum_(stats)
             mean = (stats[: self.dim] / stats[self.dim]).unsqueeze(0)  # (1, K)
             self.center.mul_(self.momentum).add_(mean.to(self.center), alpha=1.0 - self.momentum)
 
@@ -323,7 +322,3 @@ def _describe(value: object) -> str:
 def _check_temperature(name: str, temperature: float) -> None:
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {temperature}")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
