@@ -425,6 +425,8 @@ def test_logs_both_networks_and_exports_the_teacher(tmp_path: Path) -> None:
         assert f"train/{name}_step" in written and f"train/{name}_epoch" in logged, name
     for name in MeanTeacherModule.eval_metric_names:
         assert f"val/{name}" in logged, name
+    # hp_metric is the exported network's (the teacher's) validation accuracy.
+    assert torch.equal(t.logged_metrics["hp_metric"], t.logged_metrics["val/teacher_acc"])
 
     assert module.exported_model() is module.teacher
     path = module.export(tmp_path / "teacher.pt")

@@ -302,14 +302,21 @@ class LightningKDModule(L.LightningModule):
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         return bool(getattr(datamodule, "validates_on_test", False))
 
+    @property
+    def hp_metric_name(self) -> str:
+        """The entry of :attr:`eval_metric_names` logged as ``hp_metric``: the accuracy of
+        the network that :meth:`export` writes."""
+        return "acc"
+
     def on_validation_epoch_end(self) -> None:
         """Log ``hp_metric``, the validation accuracy, for TensorBoard's HPARAMS tab."""
         trainer = self.trainer
-        if trainer.sanity_checking or "acc" not in self.eval_metric_names:
+        name = self.hp_metric_name
+        if trainer.sanity_checking or name not in self.eval_metric_names:
             return
         if self.validates_on_test:
             return
-        metric = self.eval_metrics["val_acc"]
+        metric = self.eval_metrics[f"val_{name}"]
         assert isinstance(metric, MeanMetric)
         if metric.update_count == 0:
             return

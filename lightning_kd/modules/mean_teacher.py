@@ -201,6 +201,12 @@ class MeanTeacherModule(LightningKDModule):
         self._ema_updates_host: int | None = None
         self.register_load_state_dict_post_hook(_forget_host_counter)
 
+    @property
+    @override
+    def hp_metric_name(self) -> str:
+        """``teacher_acc`` when the teacher is the exported network, else ``acc``."""
+        return "teacher_acc" if self.export_network == "teacher" else "acc"
+
     # ------------------------------------------------------------------ EMA
     @property
     def num_ema_updates(self) -> int:
