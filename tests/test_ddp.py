@@ -11,21 +11,26 @@ import torch
 HERE = Path(__file__).parent
 
 
-@pytest.mark.parametrize("kind", ["kd", "feature"])
-def test_kd_ddp_two_processes(kind: str, tmp_path: Path) -> None:
+def _run_ddp_script(script: str, out_dir: Path, *args: str) -> list[dict]:
+    """Run a 2-process DDP script of this folder; return what each rank saved."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(
-        [sys.executable, str(HERE / "ddp_kd_script.py"), str(tmp_path), kind],
+        [sys.executable, str(HERE / script), str(out_dir), *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+@pytest.mark.parametrize("kind", ["kd", "feature"])
+def test_kd_ddp_two_processes(kind: str, tmp_path: Path) -> None:
+    ranks = _run_ddp_script("ddp_kd_script.py", tmp_path, kind)
     assert ranks[0]["global_step"] == ranks[1]["global_step"] == 4
     # Weights are identical. (BatchNorm running statistics are per rank in DDP: each rank's
     # last forward updates its own, and DDP re-broadcasts rank 0's at the next forward.)
@@ -50,19 +55,7 @@ def test_kd_ddp_two_processes(kind: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["skip", "error"])
 def test_nonfinite_loss_on_one_rank_is_decided_jointly(mode: str, tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "nonfinite_ddp_script.py"), str(tmp_path), mode],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = _run_ddp_script("nonfinite_ddp_script.py", tmp_path, mode)
     if mode == "error":
         # Both processes stop at the same step, each naming it (rank 0's own loss was finite).
         assert "non-finite training loss at optimizer step 0" in ranks[0]["error"]
@@ -70,7 +63,7 @@ def test_nonfinite_loss_on_one_rank_is_decided_jointly(mode: str, tmp_path: Path
         assert "the loss on another process" in ranks[0]["error"]
         return
     assert ranks[0]["error"] == ranks[1]["error"] == ""
-    # Both skipped step 0 and trained on in step: weights identical and moved.
+    # Both skipped step 0 and trained on: weights identical on both ranks, and moved.
     for key, value in ranks[0]["model"].items():
         if "running" not in key:
             assert torch.equal(value, ranks[1]["model"][key]), key
