@@ -357,13 +357,19 @@ class LightningKDModule(L.LightningModule):
         Raises:
             FloatingPointError: If a floating-point tensor of the state dict has NaN or inf.
         """
-        bad = [
-            name
+        floats = {
+            name: value
             for name, value in checkpoint["state_dict"].items()
-            if isinstance(value, Tensor)
-            and value.is_floating_point()
-            and not bool(torch.isfinite(value).all())
-        ]
+            if isinstance(value, Tensor) and value.is_floating_point() and value.numel()
+        }
+        # One host sync for the whole state dict, not one per tensor.
+        device = next(iter(floats.values())).device if floats else None
+        finite = (
+            torch.stack([torch.isfinite(v).all().to(device) for v in floats.values()]).tolist()
+            if floats
+            else []
+        )
+        bad = [name for name, ok in zip(floats, finite, strict=True) if not ok]
         if bad:
             shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             step = self._trainer.global_step if self._trainer is not None else "?"
