@@ -159,7 +159,8 @@ def check_checkpoint_fits(
         for key, value in state.items()
         if key in own and isinstance(value, Tensor) and value.shape != own[key].shape
     ]
-    unknown = [key for key in state if key not in own]
+    obsolete = set(getattr(module, "obsolete_state_keys", ()))  # dropped when loading
+    unknown = [key for key in state if key not in own and key not in obsolete]
     optional = _optional_prefixes(checkpoint)
     missing = [
         key

@@ -1,19 +1,40 @@
 """Exponential moving average (EMA) of one module's weights into another.
 
-There is one helper, :func:`ema_update_`. The caller decides *when* to call it (once per
-optimizer step) and with which momentum (e.g. from
-:func:`lightning_kd.schedules.cosine_schedule`).
+There is one helper, :func:`ema_update_`, and one declaration, :class:`EMAPair`. A module
+lists its pairs in :meth:`~lightning_kd.modules.base.LightningKDModule.ema_pairs` and its
+momentum as a pure function of the optimizer step in
+:meth:`~lightning_kd.modules.base.LightningKDModule.ema_momentum`; the base class calls
+:func:`ema_update_` on every pair once per optimizer step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ema_update_"]
+__all__ = ["BufferPolicy", "EMAPair", "ema_update_"]
+
+#: What :func:`ema_update_` does with the teacher's floating-point buffers.
+BufferPolicy = Literal["average", "copy", "keep"]
+
+
+class EMAPair(NamedTuple):
+    """One ``(teacher, student)`` pair kept as an EMA: ``teacher`` follows ``student``.
+
+    Attributes:
+        teacher: The EMA copy, updated in place (never trained).
+        student: The trained network it follows; same parameter and buffer names and shapes.
+        buffers: The teacher's floating-point buffers: ``"average"``, ``"copy"`` or ``"keep"``
+            (see :func:`ema_update_`).
+    """
+
+    teacher: nn.Module
+    student: nn.Module
+    buffers: BufferPolicy = "copy"
+
 
 _MAX_NAMES_SHOWN = 8
 
@@ -24,7 +45,7 @@ def ema_update_(
     student: nn.Module,
     *,
     momentum: float,
-    buffers: Literal["average", "copy", "keep"] = "copy",
+    buffers: BufferPolicy = "copy",
 ) -> None:
     """Move ``teacher`` toward ``student`` in place: ``theta_t <- m * theta_t + (1 - m) * theta_s``.
 

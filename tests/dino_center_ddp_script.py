@@ -1,10 +1,11 @@
 """Two gloo CPU processes update a DINOCenter with different, unevenly sized batches.
 
 Usage: ``python dino_center_ddp_script.py OUT_DIR``. Each rank makes ``NUM_STEPS`` updates with
-its own teacher outputs (rank 0 has 3 images per view, rank 1 has 5) and writes
-``OUT_DIR/rank{0,1}.pt`` with the center after every step, shape ``(NUM_STEPS, 1, DIM)``. The
-batches come from :func:`rank_views`, which the test imports to compute the expected
-single-process result.
+its own teacher outputs (rank 0 has 3 images per view, rank 1 has 5), accumulated one view at a
+time (as micro-batches of an optimizer step would be) and then applied by one ``update``; it
+writes ``OUT_DIR/rank{0,1}.pt`` with the center after every step, shape
+``(NUM_STEPS, 1, DIM)``. The batches come from :func:`rank_views`, which the test imports to
+compute the expected single-process result.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         center = DINOCenter(DIM, momentum=MOMENTUM)
         history = []
         for step in range(NUM_STEPS):
-            center.update(rank_views(rank, step))
+            for view in rank_views(rank, step):
+                center.accumulate(view)  # local: no collective
+            center.update()  # one all-reduce of the pending sum and count
             history.append(center.center.clone())
         torch.save(torch.stack(history), Path(out_dir) / f"rank{rank}.pt")
     finally:

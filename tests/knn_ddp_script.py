@@ -1,10 +1,9 @@
 """Tiny protocol-following module and datamodule for the online-evaluation callback tests.
 
 Run as a script (by ``test_knn.py``): ``python knn_ddp_script.py OUT_DIR`` trains
-:func:`make_module` on :func:`noisy_data` with :class:`KNNEvaluation` and
-:class:`OnlineLinearProbe` under ``strategy="ddp"`` on 2 CPU processes (gloo). Each rank writes
-``OUT_DIR/rank<r>.pt`` with the logged ``val/knn_acc``, ``val/probe_acc``, the kNN bank it held
-in the last validation epoch and its probe's state dict.
+:class:`EmbedModule` on :func:`noisy_data` with :class:`KNNEvaluation` under
+``strategy="ddp"`` on 2 CPU processes (gloo). Each rank writes ``OUT_DIR/rank<r>.pt`` with the
+logged ``val/knn_acc`` and the kNN bank it held in the last validation epoch.
 
 The feature bank has 21 images, so the two shards (``rank::2``) have 11 and 10 of them.
 """
@@ -22,7 +21,7 @@ from tiny import ddp_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
-from lightning_kd.callbacks import KNNEvaluation, OnlineLinearProbe
+from lightning_kd.callbacks import KNNEvaluation
 
 
 class EmbedModule(L.LightningModule):
@@ -33,8 +32,6 @@ class EmbedModule(L.LightningModule):
             or ``"linear"`` (a trainable ``nn.Linear`` initialised to the identity).
         dim: Input and feature dimension ``D``.
         feature_dtype: dtype ``embed`` returns (e.g. ``torch.bfloat16``, as under bf16).
-        detach: Detach the training features (the protocol says so; ``False`` tests that the
-            probe detaches them itself).
 
     The training loss only touches ``self.weight``, so nothing else gets a gradient from it.
     """
@@ -44,12 +41,10 @@ class EmbedModule(L.LightningModule):
         embedding: str = "identity",
         dim: int = 5,
         feature_dtype: torch.dtype = torch.float32,
-        detach: bool = True,
     ) -> None:
         super().__init__()
         self.embedding = embedding
         self.feature_dtype = feature_dtype
-        self.detach = detach
         self.weight = nn.Parameter(torch.ones(1))
         self.proj = nn.Linear(dim, dim)
         with torch.no_grad():
@@ -73,7 +68,7 @@ class EmbedModule(L.LightningModule):
         features = self.embed(x)
         return {
             "loss": (self.weight**2).sum(),
-            "features": features.detach() if self.detach else features,
+            "features": features.detach(),
             "targets": y,
         }
 
@@ -153,7 +148,7 @@ def separable_data(
 
 
 def noisy_data(n: int, seed: int, num_classes: int = 5) -> tuple[Tensor, Tensor]:
-    """Overlapping classes (axis + heavy noise), so kNN and the probe make some mistakes."""
+    """Overlapping classes (axis + heavy noise), so kNN makes some mistakes."""
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, num_classes, (n,), generator=g)
     x = torch.eye(num_classes)[y] + 0.6 * torch.randn(n, num_classes, generator=g)
@@ -168,7 +163,7 @@ def ddp_data(batch_size: int) -> VectorData:
 
 
 def ddp_callbacks() -> list[Callback]:
-    return [KNNEvaluation(k=3, temperature=0.5), OnlineLinearProbe(lr=0.5)]
+    return [KNNEvaluation(k=3, temperature=0.5)]
 
 
 class BankRecorder(Callback):
@@ -186,22 +181,20 @@ class BankRecorder(Callback):
 def main(out_dir: Path) -> None:
     L.seed_everything(0)
     callbacks = ddp_callbacks()
-    knn, probe = callbacks
-    assert isinstance(knn, KNNEvaluation) and isinstance(probe, OnlineLinearProbe)
+    (knn,) = callbacks
+    assert isinstance(knn, KNNEvaluation)
     recorder = BankRecorder(knn)
     # The recorder runs before the kNN callback's epoch end, which frees the bank.
     trainer = ddp_trainer(
         max_epochs=2, callbacks=[recorder, *callbacks], use_distributed_sampler=False
     )
     trainer.fit(EmbedModule(), datamodule=ddp_data(batch_size=4))
-    assert recorder.bank is not None and probe.probe is not None
+    assert recorder.bank is not None
     torch.save(
         {
             "knn_acc": trainer.callback_metrics["val/knn_acc"],
-            "probe_acc": trainer.callback_metrics["val/probe_acc"],
             "bank_features": recorder.bank[0],
             "bank_labels": recorder.bank[1],
-            "probe": probe.probe.state_dict(),
             "world_size": trainer.world_size,
         },
         out_dir / f"rank{trainer.global_rank}.pt",

@@ -2,10 +2,10 @@
 
 Usage: python self_distillation_ddp_script.py OUT_DIR. Each rank trains 3 steps on its own
 12 of 24 fixed images (batches of 4, 2 global + 2 local views; the even-numbered images are
-brighter, so the two ranks' teacher outputs differ) with ``center_momentum=0`` and
-writes ``rank<r>.pt`` with its student and teacher state dicts, the initial teacher state, the
-center and the teacher outputs of every step, the global step and the first pixel of every
-first-view image it saw.
+brighter, so the two ranks' teacher outputs differ) with ``center_momentum=0`` and an online
+linear probe, and writes ``rank<r>.pt`` with its student, teacher and probe state dicts, the
+initial teacher state, the center after every optimizer step and the teacher outputs of every
+step, the global step and the first pixel of every first-view image it saw.
 """
 
 import sys
@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from test_self_distillation import ViewsData, make_dino
+from test_self_distillation import PooledConv, ViewsData, make_dino
 from tiny import ddp_trainer
 from torch import Tensor, nn
 
@@ -30,22 +30,11 @@ class RecordingDINO(DINOModule):
 
     def compute_losses(self, batch: Any) -> dict[str, Tensor]:
         self.seen.append(batch[0][0][:, 0, 0, 0].clone())
-        losses = super().compute_losses(batch)
+        return super().compute_losses(batch)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)  # the center moves here, after the step
         self.centers.append(self.center.center.clone())
-        return losses
-
-
-class PooledConv(nn.Module):
-    """conv, global average pool. No BatchNorm: its per-rank batch statistics would remove
-    the difference between the two ranks' images that the center test relies on."""
-
-    def __init__(self, width: int = 4) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1)
-        self.num_features = width
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x).mean(dim=(2, 3))  # (B, width)
 
 
 def main(out_dir: Path) -> None:
@@ -56,6 +45,7 @@ def main(out_dir: Path) -> None:
         backbone=PooledConv(),
         center_momentum=0.0,
         momentum_start=0.9,
+        probe_num_classes=4,
     )
     assert isinstance(module, RecordingDINO)
     module.seen = []
@@ -77,6 +67,7 @@ def main(out_dir: Path) -> None:
             "student": module.student.state_dict(),
             "teacher": module.teacher.state_dict(),
             "teacher_initial": teacher_initial,
+            "probe": module.probe.state_dict() if module.probe is not None else {},
             "centers": torch.stack(module.centers),  # (steps, 1, K)
             "teacher_outputs": torch.stack(teacher_outputs),  # (steps, 2B, K)
             "global_step": trainer.global_step,

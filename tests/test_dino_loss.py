@@ -286,27 +286,88 @@ def test_center_update_momentum(momentum: float, expected: list[float]) -> None:
     # Old center [1, -1]; batch mean [3, 5]: m = 0 copies, m = 1 keeps, m = 0.5 is the midpoint.
     center = DINOCenter(2, momentum=momentum)
     center.center.copy_(torch.tensor([[1.0, -1.0]]))
-    center.update([torch.tensor([[2.0, 4.0], [4.0, 6.0]]), torch.tensor([[3.0, 5.0], [3.0, 5.0]])])
+    center.accumulate(
+        [torch.tensor([[2.0, 4.0], [4.0, 6.0]]), torch.tensor([[3.0, 5.0], [3.0, 5.0]])]
+    )
+    assert torch.equal(center.center, torch.tensor([[1.0, -1.0]]))  # accumulate only adds up
+    center.update()
     assert torch.equal(center.center, torch.tensor([expected]))
+    assert center.pending_rows == 0
 
 
 def test_center_update_uses_the_mean_over_all_rows() -> None:
     # Views with 2 and 3 rows: sum [4, 15] over 5 rows = [0.8, 3.0]. The mean of the two
     # view means would be [1.0, 2.5].
     center = DINOCenter(2, momentum=0.0)
-    center.update([torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[0.0, 5.0]] * 3)])
+    center.accumulate([torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[0.0, 5.0]] * 3)])
+    assert center.pending_rows == 5
+    center.update()
     torch.testing.assert_close(center.center, torch.tensor([[0.8, 3.0]]))
-    center.update(torch.tensor([[1.0, 1.0], [3.0, 3.0]]))  # one (N, K) tensor
+    center.accumulate(torch.tensor([[1.0, 1.0], [3.0, 3.0]]))  # one (N, K) tensor
+    center.update()
     torch.testing.assert_close(center.center, torch.tensor([[2.0, 2.0]]))
-    center.update(torch.tensor([[[1.0, 1.0]], [[3.0, 5.0]]]))  # one (V, B, K) tensor
+    center.accumulate(torch.tensor([[[1.0, 1.0]], [[3.0, 5.0]]]))  # one (V, B, K) tensor
+    center.update()
     torch.testing.assert_close(center.center, torch.tensor([[2.0, 3.0]]))
+
+
+def test_accumulated_micro_batches_move_the_center_once_by_their_joint_mean() -> None:
+    # Micro-batches of 2 rows (mean [2, 2]) and 3 rows (mean [1, 6]); m = 0.5, old c = [0, 4].
+    # Jointly: sum [7, 22] over 5 rows = [1.4, 4.4] -> c = 0.5 [0, 4] + 0.5 [1.4, 4.4]
+    # = [0.7, 4.2]. One update per micro-batch would give 0.5 (0.5 c + 0.5 [2, 2]) + 0.5 [1, 6]
+    # = [1.0, 4.5].
+    center = DINOCenter(2, momentum=0.5)
+    center.center.copy_(torch.tensor([[0.0, 4.0]]))
+    center.accumulate([torch.tensor([[1.0, 3.0]]), torch.tensor([[3.0, 1.0]])])
+    center.accumulate(torch.tensor([[1.0, 6.0], [0.0, 7.0], [2.0, 5.0]]))
+    assert center.pending_rows == 5
+    assert torch.equal(center.center, torch.tensor([[0.0, 4.0]]))
+    center.update()
+    torch.testing.assert_close(center.center, torch.tensor([[0.7, 4.2]]), rtol=0, atol=1e-6)
+    # The pending total was emptied: an update with nothing accumulated keeps the center.
+    center.update()
+    torch.testing.assert_close(center.center, torch.tensor([[0.7, 4.2]]), rtol=0, atol=1e-6)
+
+
+def test_reset_drops_the_pending_rows_without_moving_the_center() -> None:
+    center = DINOCenter(2, momentum=0.0)
+    center.accumulate(torch.tensor([[float("nan"), 1.0]]))  # e.g. a skipped, non-finite step
+    center.reset()
+    assert center.pending_rows == 0
+    center.update()
+    assert torch.equal(center.center, torch.zeros(1, 2))
+    center.accumulate(torch.tensor([[2.0, 1.0]]))
+    center.update()
+    assert torch.equal(center.center, torch.tensor([[2.0, 1.0]]))
+
+
+def test_only_update_all_reduces_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_kd.losses.dino as dino_module
+
+    calls: list[Tensor] = []
+
+    def counting_all_reduce(tensor: Tensor) -> Tensor:
+        calls.append(tensor.clone())
+        return tensor
+
+    monkeypatch.setattr(dino_module, "all_reduce_sum_", counting_all_reduce)
+    center = DINOCenter(2, momentum=0.5)
+    for _ in range(3):
+        center.accumulate(torch.ones(4, 2))
+    assert calls == []
+    center.update()
+    # One call with the packed [row sum (K,), row count] of the 3 micro-batches.
+    assert len(calls) == 1
+    assert torch.equal(calls[0], torch.tensor([12.0, 12.0, 12.0]))
+    assert list(center.state_dict()) == ["center"]  # the pending total is not state
 
 
 def test_center_update_is_gradient_free_and_float32_under_autocast() -> None:
     center = DINOCenter(2, momentum=0.5)
     out = torch.tensor([[2.0, 4.0]], requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        center.update([out.bfloat16()])
+        center.accumulate([out.bfloat16()])
+        center.update()
     assert center.center.dtype == torch.float32
     assert not center.center.requires_grad
     torch.testing.assert_close(center.center, torch.tensor([[1.0, 2.0]]))
@@ -334,7 +395,9 @@ def test_center_invalid_construction(args: tuple[float, ...], match: str) -> Non
 def test_center_invalid_update(teacher_out: object, error: type[Exception], match: str) -> None:
     center = DINOCenter(2)
     with pytest.raises(error, match=match):
-        center.update(teacher_out)  # type: ignore[arg-type]
+        center.accumulate(teacher_out)  # type: ignore[arg-type]
+    assert center.pending_rows == 0
+    center.update()
     assert torch.count_nonzero(center.center) == 0
 
 
@@ -359,8 +422,10 @@ def test_center_is_identical_across_two_ddp_processes(tmp_path: Path) -> None:
     expected = DINOCenter(DIM, momentum=MOMENTUM)
     local_only = DINOCenter(DIM, momentum=MOMENTUM)
     for step in range(NUM_STEPS):
-        expected.update(rank_views(0, step) + rank_views(1, step))
-        local_only.update(rank_views(0, step))
+        expected.accumulate(rank_views(0, step) + rank_views(1, step))
+        expected.update()
+        local_only.accumulate(rank_views(0, step))
+        local_only.update()
         torch.testing.assert_close(ranks[0][step], expected.center)
     # The all-reduce mattered: rank 0's own rows alone give a clearly different center.
     assert not torch.allclose(ranks[0][-1], local_only.center, atol=0.5)

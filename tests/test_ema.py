@@ -1,4 +1,5 @@
-"""Tests for :func:`lightning_kd.ema.ema_update_`."""
+"""Tests for :func:`lightning_kd.ema.ema_update_` and the EMA pairs every module declares
+(:meth:`~lightning_kd.modules.base.LightningKDModule.ema_pairs`, updated by the base class)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import math
 
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
+from tiny import trainer
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_kd.ema import ema_update_
+from lightning_kd.ema import EMAPair, ema_update_
+from lightning_kd.modules.base import Batch, LightningKDModule
 
 
 def _net(seed: int) -> nn.Sequential:
@@ -190,3 +195,67 @@ def test_bad_buffer_mode_raises() -> None:
     teacher, student = _pair()
     with pytest.raises(ValueError, match="buffers must be 'average', 'copy' or 'keep', got 'mean'"):
         ema_update_(teacher, student, momentum=0.5, buffers="mean")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- EMA pairs
+
+
+class TwoPairs(LightningKDModule):
+    """Two students regressing 0, each with an EMA teacher: one pair copies the floating
+    buffers, the other keeps the teacher's own. ``ema_momentum`` records the steps it is
+    asked for and returns 0 (the teachers become copies of the students)."""
+
+    def __init__(self) -> None:
+        super().__init__(optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+        self.student_a, self.student_b = _net(0), _net(1)
+        self.teacher_a = copy.deepcopy(self.student_a).requires_grad_(False)
+        self.teacher_b = copy.deepcopy(self.student_b).requires_grad_(False)
+        self.asked: list[int] = []
+
+    def ema_pairs(self) -> list[EMAPair]:
+        return [
+            EMAPair(self.teacher_a, self.student_a, buffers="copy"),
+            EMAPair(self.teacher_b, self.student_b, buffers="keep"),
+        ]
+
+    def ema_momentum(self, step: int) -> float:
+        self.asked.append(step)
+        return 0.0
+
+    def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
+        x = batch[0]
+        a, b = self.student_a(x), self.student_b(x)
+        return {"loss": F.mse_loss(a, torch.zeros_like(a)) + F.mse_loss(b, torch.zeros_like(b))}
+
+
+def _vectors(n: int) -> DataLoader:
+    g = torch.Generator().manual_seed(3)
+    return DataLoader(TensorDataset(torch.randn(n, 3, generator=g)), batch_size=4)
+
+
+def test_declared_pairs_are_updated_once_per_optimizer_step() -> None:
+    # 5 batches, accumulate 2: optimizer steps after batches 2, 4 and 5 -> 3 updates, asked for
+    # the momentum of steps 0, 1 and 2 (global_step before each step).
+    module = TwoPairs()
+    kept = {k: v.clone() for k, v in module.teacher_b.named_buffers()}
+    t = trainer(max_epochs=1, accumulate_grad_batches=2)
+    t.fit(module, train_dataloaders=_vectors(20))
+    assert t.global_step == 3
+    assert module.asked == [0, 1, 2]
+    # momentum 0: the teachers' weights are the students'; buffers by each pair's policy.
+    for name, value in module.teacher_a.state_dict().items():
+        assert torch.equal(value, module.student_a.state_dict()[name]), name
+    for name, value in module.teacher_b.named_parameters():
+        assert torch.equal(value, module.student_b.get_parameter(name)), name
+    for name, value in module.teacher_b.named_buffers():
+        assert torch.equal(value, kept[name]), name
+    assert not torch.equal(kept["1.running_mean"], module.student_b.get_buffer("1.running_mean"))
+
+
+def test_a_module_with_pairs_must_give_its_momentum() -> None:
+    class NoMomentum(TwoPairs):
+        def ema_momentum(self, step: int) -> float:
+            return LightningKDModule.ema_momentum(self, step)
+
+    with pytest.raises(NotImplementedError, match="NoMomentum declares EMA pairs and must"):
+        trainer(max_steps=1).fit(NoMomentum(), train_dataloaders=_vectors(4))

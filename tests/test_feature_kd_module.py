@@ -17,7 +17,7 @@ from lightning_kd.modules import (
     HintTerm,
     RKDTerm,
 )
-from lightning_kd.projectors import ConvProjector, LinearEmbedding
+from lightning_kd.modules.projectors import ConvProjector, LinearEmbedding
 
 
 def _pair() -> tuple[nn.Module, nn.Module]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_kd.heads import DINOHead, ProjectionMLP
+from lightning_kd.models.heads import DINOHead, ProjectionMLP
 
 G_NAME = "last_layer.parametrizations.weight.original0"
 V_NAME = "last_layer.parametrizations.weight.original1"

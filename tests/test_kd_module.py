@@ -83,6 +83,81 @@ def test_loss_values_by_hand() -> None:
     assert teacher.bias.grad is None
 
 
+# CE and KD of the hand example above (uniform student, teacher [0.2, 0.6, 0.2], T = 2).
+HAND_CE, HAND_KD = 1.098612, 0.146353
+
+
+def _hand_module(**weights: float) -> KDModule:
+    student = ConstantNet([0.0, 0.0, 0.0])
+    teacher = ConstantNet([math.log(0.2), math.log(0.6), math.log(0.2)])
+    return KDModule(student, teacher, temperature=2.0, **weights)
+
+
+@pytest.mark.parametrize(
+    ("weights", "ce_weight", "kd_weight"),
+    [
+        ({}, 0.1, 0.9),  # the defaults: Hinton's alpha = 0.1
+        ({"alpha": 0.3}, 0.3, 0.7),  # the shorthand
+        ({"alpha": 1.0}, 1.0, 0.0),
+        ({"ce_weight": 1.0, "kd_weight": 2.0}, 1.0, 2.0),  # any two floats
+        ({"ce_weight": 1.0}, 1.0, 0.9),  # the other keeps its default
+        ({"kd_weight": 0.0}, 0.1, 0.0),
+    ],
+)
+def test_loss_weights_are_the_floats_the_loss_uses(
+    weights: dict[str, float], ce_weight: float, kd_weight: float
+) -> None:
+    module = _hand_module(**weights)
+    assert (module.ce_weight, module.kd_weight) == pytest.approx((ce_weight, kd_weight))
+    out = module.compute_losses((torch.zeros(2, 3, 4, 4), torch.tensor([1, 1])))
+    expected = ce_weight * HAND_CE + kd_weight * HAND_KD
+    assert out["loss"].item() == pytest.approx(expected, abs=1e-5)
+    # The hyperparameters record what the loss used, in the one convention (no alpha).
+    assert module.hparams["ce_weight"] == pytest.approx(ce_weight)
+    assert module.hparams["kd_weight"] == pytest.approx(kd_weight)
+    assert module.hparams["alpha"] is None
+    assert not hasattr(module, "alpha")
+
+
+def test_saved_weights_rebuild_the_same_loss(tmp_path: Path) -> None:
+    # A module built with the shorthand saves ce/kd weights only, so load_from_checkpoint
+    # neither refuses (alpha + weights) nor falls back to the defaults.
+    torch.manual_seed(0)
+    module = KDModule(TinyNet(), _teacher(), alpha=0.3)
+    t = trainer(max_steps=1, limit_val_batches=0)
+    t.fit(module, datamodule=TinyData())
+    ckpt = tmp_path / "kd.ckpt"
+    t.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
+    assert (saved["ce_weight"], saved["kd_weight"], saved["alpha"]) == (0.3, 0.7, None)
+    restored = KDModule.load_from_checkpoint(ckpt, student=TinyNet(), teacher=TinyNet())
+    assert (restored.ce_weight, restored.kd_weight) == (0.3, 0.7)
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        (
+            {"alpha": 0.3, "ce_weight": 0.5},
+            r"alpha is a shorthand for ce_weight=alpha, kd_weight=1 - alpha and cannot be "
+            r"combined with them; got alpha=0.3, ce_weight=0.5, kd_weight=None",
+        ),
+        (
+            {"alpha": 0.1, "kd_weight": 0.9},
+            r"got alpha=0.1, ce_weight=None, kd_weight=0.9\. Pass either alpha or the weights",
+        ),
+        ({"ce_weight": -0.5}, "ce_weight must be a finite number >= 0, got -0.5"),
+        ({"kd_weight": math.inf}, "kd_weight must be a finite number >= 0, got inf"),
+        ({"alpha": -0.1}, r"alpha must be in \[0, 1\], got -0.1"),
+    ],
+)
+def test_weight_arguments_are_refused_with_what_was_given(
+    weights: dict[str, float], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        _hand_module(**weights)
+
+
 def test_identical_student_and_teacher_give_zero_kd() -> None:
     torch.manual_seed(0)
     net = TinyNet()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -17,6 +18,7 @@ from tiny import ConstantNet, RecordingLogger, TinyNet, trainer
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_kd.checkpoint import check_checkpoint_fits
 from lightning_kd.modules.mean_teacher import MeanTeacherModule
 
 HERE = Path(__file__).parent
@@ -71,6 +73,24 @@ class TinySemiSupervisedData(L.LightningDataModule):
 def _net() -> TinyNet:
     torch.manual_seed(0)
     return TinyNet()
+
+
+class CountingMeanTeacher(MeanTeacherModule):
+    """Records ``(step, tau)`` of every EMA update the base class makes."""
+
+    def __init__(self, student: torch.nn.Module, **kwargs: Any) -> None:
+        super().__init__(student, **kwargs)
+        self.updates: list[tuple[int, float]] = []
+
+    def update_ema(self, step: int) -> float:
+        tau = super().update_ema(step)
+        self.updates.append((step, tau))
+        return tau
+
+
+def _warmup(step: int, decay: float) -> float:
+    """The warm-up momentum written out: min(1 - 1 / (step + 1), decay)."""
+    return min(1.0 - 1.0 / (step + 1), decay)
 
 
 def _params(module: torch.nn.Module) -> dict[str, Tensor]:
@@ -282,17 +302,21 @@ def test_unlabeled_labels_never_reach_a_loss() -> None:
 
 
 def test_ema_momentum_warmup_sequence() -> None:
-    # tau_n = min(1 - 1 / (n + 1), ema_decay) for the n-th update (n = updates done before).
+    # tau(s) = min(1 - 1 / (s + 1), ema_decay) for the update after optimizer step s (s = steps
+    # done before it): 0, 1/2, 2/3, then 0.7 from step 3 on. A pure function of the step.
     module = MeanTeacherModule(TinyNet(), ema_decay=0.7)
-    taus = [module.update_teacher() for _ in range(5)]
-    assert taus == pytest.approx([0.0, 0.5, 2 / 3, 0.7, 0.7])
-    assert module.num_ema_updates == 5
-    assert module.ema_updates.item() == 5
+    assert [module.ema_momentum(s) for s in range(5)] == pytest.approx([0.0, 0.5, 2 / 3, 0.7, 0.7])
+    assert module.ema_momentum(2) == module.ema_momentum(2)  # no hidden counter moves
+    assert [module.update_ema(s) for s in (0, 1, 4)] == pytest.approx([0.0, 0.5, 0.7])
     # ema_decay = 1: the warm-up never ends (the teacher is the mean of all iterates).
     polyak = MeanTeacherModule(TinyNet(), ema_decay=1.0)
-    assert [polyak.update_teacher() for _ in range(5)] == pytest.approx(
+    assert [polyak.ema_momentum(s) for s in range(5)] == pytest.approx(
         [0, 1 / 2, 2 / 3, 3 / 4, 4 / 5]
     )
+    assert polyak.ema_momentum(999) == pytest.approx(0.999)
+    with pytest.raises(ValueError, match="step must be >= 0, got -1"):
+        module.ema_momentum(-1)
+    assert "ema_updates" not in module.state_dict()
 
 
 class _RecordStudent(Callback):
@@ -332,13 +356,17 @@ def test_ema_decay_zero_teacher_is_the_student(ema_buffers: str) -> None:
 
 
 def test_one_ema_update_per_optimizer_step_with_accumulation() -> None:
-    # 5 batches per epoch, accumulate 2: steps after batches 2, 4 and 5 -> 3 per epoch.
-    module = MeanTeacherModule(_net())
+    # 5 batches per epoch, accumulate 2: steps after batches 2, 4 and 5 -> 3 per epoch. Each
+    # update gets the step number before it and tau = min(1 - 1 / (s + 1), 0.6):
+    # 0, 1/2, 0.6, 0.6, 0.6, 0.6.
+    module = CountingMeanTeacher(_net(), ema_decay=0.6)
     data = TinySemiSupervisedData(n_labeled=10, n_unlabeled=30)
     t = trainer(max_epochs=2, accumulate_grad_batches=2, limit_val_batches=0)
     t.fit(module, datamodule=data)
     assert t.global_step == 6
-    assert module.num_ema_updates == module.ema_updates.item() == 6
+    assert len(module.updates) == t.global_step
+    assert [step for step, _ in module.updates] == [0, 1, 2, 3, 4, 5]
+    assert [tau for _, tau in module.updates] == pytest.approx([0.0, 0.5, 0.6, 0.6, 0.6, 0.6])
 
 
 def test_step_checkpoints_include_that_steps_update(tmp_path: Path) -> None:
@@ -352,20 +380,38 @@ def test_step_checkpoints_include_that_steps_update(tmp_path: Path) -> None:
     (path,) = tmp_path.glob("*.ckpt")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 3
-    assert saved["state_dict"]["ema_updates"].item() == 3
+    assert "ema_updates" not in saved["state_dict"]  # global_step is the only counter
     for name, value in module.teacher.state_dict().items():
         assert torch.equal(saved["state_dict"][f"teacher.{name}"], value), name
 
 
-def test_counter_survives_load_state_dict() -> None:
-    source = MeanTeacherModule(TinyNet())
-    for _ in range(3):
-        source.update_teacher()
+def test_checkpoints_with_the_old_ema_counter_still_load(tmp_path: Path) -> None:
+    # Checkpoints of the earlier versions hold an int64 ``ema_updates`` buffer (== global_step).
+    source = MeanTeacherModule(_net())
+    with torch.no_grad():
+        source.teacher.get_parameter("fc.weight").add_(1.0)
+    old_state = {**source.state_dict(), "ema_updates": torch.tensor(3)}
     target = MeanTeacherModule(TinyNet())
-    assert target.num_ema_updates == 0  # caches the host copy
-    target.load_state_dict(source.state_dict())
-    assert target.num_ema_updates == 3
-    assert target.next_ema_momentum() == pytest.approx(0.75)
+    target.load_state_dict(old_state)  # strict
+    _assert_equal(_state(target.teacher), _state(source.teacher))
+    assert "ema_updates" in old_state  # the caller's dict is left alone
+    # Through a checkpoint file (load_from_checkpoint) and the CLI's pre-check too.
+    t = trainer(max_steps=1, limit_val_batches=0)
+    t.fit(source, datamodule=TinySemiSupervisedData())
+    ckpt = tmp_path / "old.ckpt"
+    t.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved["state_dict"]["ema_updates"] = torch.tensor(1)
+    torch.save(saved, ckpt)
+    check_checkpoint_fits(saved, MeanTeacherModule(TinyNet()), {})
+    loaded = MeanTeacherModule.load_from_checkpoint(ckpt, student=TinyNet())
+    _assert_equal(_state(loaded.teacher), _state(source.teacher))
+    # Resuming from it continues the momentum at the checkpoint's global_step (1).
+    resumed = CountingMeanTeacher(TinyNet(), ema_decay=0.9)
+    trainer(max_steps=3, limit_val_batches=0).fit(
+        resumed, datamodule=TinySemiSupervisedData(), ckpt_path=ckpt
+    )
+    assert resumed.updates == [(1, pytest.approx(0.5)), (2, pytest.approx(2 / 3))]
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -462,8 +508,8 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     # Resume from the end-of-epoch checkpoint and compare with a run that never stopped:
     # student, teacher, BN statistics, the EMA counter (and, through the weights, the SGD
     # momentum and the consistency ramp) must all carry over.
-    def fresh() -> MeanTeacherModule:
-        return MeanTeacherModule(_net(), ema_decay=0.9, consistency_rampup_epochs=1.5)
+    def fresh() -> CountingMeanTeacher:
+        return CountingMeanTeacher(_net(), ema_decay=0.9, consistency_rampup_epochs=1.5)
 
     data = TinySemiSupervisedData()  # 4 batches per epoch, fixed order
     full = fresh()
@@ -479,7 +525,12 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     t2.fit(resumed, datamodule=data, ckpt_path=ckpt)
 
     assert t2.global_step == 8
-    assert resumed.num_ema_updates == full.num_ema_updates == 8
+    # The momentum continues from the checkpoint's global_step (4), without a counter:
+    # tau(s) = min(1 - 1 / (s + 1), 0.9) = 0.8 at step 4, 0.9 from step 9 on (not reached).
+    assert [step for step, _ in full.updates] == list(range(8))
+    assert [step for step, _ in resumed.updates] == [4, 5, 6, 7]
+    assert [tau for _, tau in resumed.updates] == pytest.approx([0.8, 5 / 6, 6 / 7, 7 / 8])
+    assert resumed.updates == full.updates[4:]
     assert not torch.equal(
         first.teacher.get_parameter("conv.weight"), full.teacher.get_parameter("conv.weight")
     )
@@ -487,19 +538,19 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
 
     loaded = MeanTeacherModule.load_from_checkpoint(ckpt, student=TinyNet())
-    assert loaded.num_ema_updates == 4
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4
     _assert_equal(_state(loaded.teacher), _state(first.teacher))
 
 
 def test_bf16_mixed_runs_finite() -> None:
-    module = MeanTeacherModule(_net(), consistency_rampup_epochs=0.0)
+    module = CountingMeanTeacher(_net(), consistency_rampup_epochs=0.0)
     t = trainer(max_steps=3, precision="bf16-mixed", limit_val_batches=1)
     t.fit(module, datamodule=TinySemiSupervisedData())
     for name in ("loss_step", "loss_ce_epoch", "loss_consistency_epoch"):
         value = t.logged_metrics[f"train/{name}"]
         assert torch.isfinite(value) and value.dtype == torch.float32, name
     assert all(torch.isfinite(v).all() for v in module.teacher.state_dict().values())
-    assert module.num_ema_updates == 3
+    assert [step for step, _ in module.updates] == [0, 1, 2]
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -522,6 +573,7 @@ def test_ddp_two_processes_keep_identical_teachers(tmp_path: Path) -> None:
     for rank in ranks:
         assert rank["global_step"] == 4
         assert rank["ema_updates"] == 4
+        assert rank["update_steps"].tolist() == [0, 1, 2, 3]
     # Parameters agree across ranks: the student's because DDP averages gradients, the
     # teacher's because it is an EMA of identical students. (BatchNorm running statistics
     # are per rank: each rank's forwards update its own copy.)

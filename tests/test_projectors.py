@@ -1,4 +1,4 @@
-"""Tests for the feature adapters in :mod:`lightning_kd.projectors`."""
+"""Tests for the feature adapters in :mod:`lightning_kd.modules.projectors`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lightning_kd.features import FeatureTaps, feature_shapes
 from lightning_kd.models import resnet8, resnet8x4
-from lightning_kd.projectors import ConvProjector, LinearEmbedding, projector_for
+from lightning_kd.modules.projectors import ConvProjector, LinearEmbedding, projector_for
 
 
 @pytest.fixture(autouse=True)

@@ -1,25 +1,28 @@
 """DINO self-distillation loss, the teacher-output center, and a collapse monitor.
 
 Caron et al., "Emerging Properties in Self-Supervised Vision Transformers" (ICCV 2021). A
-student and an EMA teacher with the same projection head (:class:`lightning_kd.heads.DINOHead`)
-see several augmented views of each image: the teacher only the ``V_t`` global views, the
-student all ``V_s`` views (the same global views first, then the local crops). The student is
-trained to predict, from every view, the teacher's centred and sharpened distribution on every
-*other* view.
+student and an EMA teacher with the same projection head
+(:class:`lightning_kd.models.heads.DINOHead`) see several augmented views of each image: the
+teacher only the ``V_t`` global views, the student all ``V_s`` views (the same global views
+first, then the local crops). The student is trained to predict, from every view, the
+teacher's centred and sharpened distribution on every *other* view.
 
 Input layout (shared by :func:`dino_loss`, :func:`teacher_entropy` and
-:meth:`DINOCenter.update`): the outputs of one network are either a sequence of ``V`` tensors
-of shape ``(B, K)`` (one per view, view ``v`` holding the ``B`` images of the batch in the same
-order in every view) or one tensor of shape ``(V, B, K)``. Teacher view ``i`` and student view
-``i`` must be the same augmented view for ``i < V_t``; student views ``V_t .. V_s - 1`` are the
-extra (local) views.
+:meth:`DINOCenter.accumulate`): the outputs of one network are either a sequence of ``V``
+tensors of shape ``(B, K)`` (one per view, view ``v`` holding the ``B`` images of the batch in
+the same order in every view) or one tensor of shape ``(V, B, K)``. Teacher view ``i`` and
+student view ``i`` must be the same augmented view for ``i < V_t``; student views
+``V_t .. V_s - 1`` are the extra (local) views.
 
-Call order for one training step::
+Call order for one optimizer step of ``A`` micro-batches (``A = accumulate_grad_batches``)::
 
-    loss = dino_loss(s_out, t_out, center.center, student_temperature=0.1,
-                     teacher_temperature=0.04)  # pure
-    ...                                          # backward as usual
-    center.update(t_out)                         # explicit state change, once per batch
+    for each micro-batch:
+        loss = dino_loss(s_out, t_out, center.center, student_temperature=0.1,
+                         teacher_temperature=0.04)  # pure
+        center.accumulate(t_out)                     # adds row sums and counts, no collective
+        ...                                          # backward as usual
+    optimizer.step()
+    center.update()                                  # one all-reduce, one center move
 
 All softmax math runs in float32, also under ``torch.autocast``. Validation only looks at
 Python scalars, shapes and dtypes, so it never synchronizes with the device.
@@ -166,13 +169,24 @@ class DINOCenter(nn.Module):
     """Momentum average of the teacher outputs, subtracted before the teacher softmax.
 
     State: the persistent float32 buffer ``center`` of shape ``(1, dim)``, initialised to
-    zeros (saved in checkpoints, moved with the module). :meth:`forward` returns it and
-    never mutates it; :meth:`update` is the only state change.
+    zeros (saved in checkpoints, moved with the module). :meth:`forward` returns it and never
+    mutates it. The center changes in two explicit steps, so that it moves once per optimizer
+    step whatever the gradient accumulation:
+
+    * :meth:`accumulate` adds the row sum and row count of some teacher outputs to a pending
+      total (local to the process; no collective);
+    * :meth:`update` all-reduces the pending total once over the DDP processes, moves the
+      center to ``m * c + (1 - m) * mean`` and empties it. :meth:`reset` empties it without
+      moving the center (a skipped optimizer step).
+
+    The pending total is a plain attribute, neither a buffer nor part of the ``state_dict``:
+    it is empty at every optimizer-step boundary, where checkpoints are written, and a buffer
+    would be overwritten by DDP's buffer broadcast at every forward.
 
     Args:
         dim: Output dimension ``K`` of the teacher head, ``>= 1``.
         momentum: ``m`` in ``[0, 1]`` of ``c <- m * c + (1 - m) * mean`` (0.9 in the paper).
-            ``m = 0`` replaces the center with the batch mean, ``m = 1`` never changes it.
+            ``m = 0`` replaces the center with the mean, ``m = 1`` never changes it.
 
     Raises:
         ValueError: If ``dim < 1`` or ``momentum`` is outside ``[0, 1]``.
@@ -189,25 +203,26 @@ class DINOCenter(nn.Module):
         self.dim = dim
         self.momentum = float(momentum)
         self.register_buffer("center", torch.zeros(1, dim, dtype=torch.float32))
+        # Pending [row sum (K,), row count] since the last update, float32 (K + 1,); None when
+        # empty. A host-side row count goes with it (from shapes, so no device sync).
+        self._pending: Tensor | None = None
+        self._pending_rows = 0
 
     def forward(self) -> Tensor:
         """The current center, shape ``(1, dim)`` (no copy; does not mutate anything)."""
         return self.center
 
+    @property
+    def pending_rows(self) -> int:
+        """Rows accumulated on this process since the last :meth:`update` / :meth:`reset`."""
+        return self._pending_rows
+
     @torch.no_grad()
-    def update(self, teacher_out: ViewOutputs) -> None:
-        """Move the center towards the mean teacher output of the (global) batch.
+    def accumulate(self, teacher_out: ViewOutputs) -> None:
+        """Add the rows of ``teacher_out`` to the pending total of the next :meth:`update`.
 
-        ::
-
-            mean = (sum of all rows of all views, all ranks) / (number of those rows)
-            center <- m * center + (1 - m) * mean
-
-        Under DDP (``torch.distributed`` available and initialised, world size > 1) the row
-        sum and the row count are all-reduced (summed) over ranks, so every rank gets the
-        exact mean of the global batch, also when ranks have different batch sizes, and the
-        centers stay identical. Every rank must then call ``update`` (it is a collective).
-        Call it once per training batch, after the loss was computed with the old center.
+        Local to the process (no collective); call it for every micro-batch of an optimizer
+        step, after the loss was computed with the current center (which it does not change).
 
         Args:
             teacher_out: Teacher logits: a sequence of ``(B_v, K)`` tensors (the row counts
@@ -221,13 +236,46 @@ class DINOCenter(nn.Module):
         """
         parts = self._row_blocks(teacher_out)  # each (N_v, K)
         with _float32_math(parts[0]):
-            stats = torch.zeros(self.dim + 1, dtype=torch.float32, device=parts[0].device)
+            stats = self._pending
+            if stats is None:
+                stats = torch.zeros(self.dim + 1, dtype=torch.float32, device=parts[0].device)
             for part in parts:
                 stats[: self.dim] += part.float().sum(dim=0)  # (K,)
                 stats[self.dim] += part.shape[0]
-            all_reduce_sum_(stats)
-            mean = (stats[: self.dim] / stats[self.dim]).unsqueeze(0)  # (1, K)
-            self.center.mul_(self.momentum).add_(mean.to(self.center), alpha=1.0 - self.momentum)
+                self._pending_rows += part.shape[0]
+        self._pending = stats
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the center towards the mean of the rows accumulated since the last update.
+
+        ::
+
+            mean = (pending row sum, all ranks) / (pending row count, all ranks)
+            center <- m * center + (1 - m) * mean
+
+        Under DDP (``torch.distributed`` available and initialised, world size > 1) the pending
+        sum and count are all-reduced (summed) in one call, so every rank gets the exact mean
+        of the global rows, also when ranks have different batch sizes, and the centers stay
+        identical. Every rank must then call ``update`` (it is a collective), also one that
+        accumulated nothing. With no rows on any rank the center is left unchanged. The pending
+        total is emptied.
+        """
+        stats = self._pending
+        if stats is None:
+            stats = torch.zeros(self.dim + 1, dtype=torch.float32, device=self.center.device)
+        self.reset()
+        all_reduce_sum_(stats)
+        count = stats[self.dim]
+        mean = (stats[: self.dim] / count.clamp(min=1.0)).unsqueeze(0)  # (1, K)
+        moved = self.center.mul(self.momentum).add_(mean.to(self.center), alpha=1.0 - self.momentum)
+        # No host sync on the count: an empty update keeps the center as it is.
+        self.center.copy_(torch.where(count > 0, moved, self.center))
+
+    def reset(self) -> None:
+        """Drop the pending total without moving the center (e.g. a skipped optimizer step)."""
+        self._pending = None
+        self._pending_rows = 0
 
     def _row_blocks(self, teacher_out: ViewOutputs) -> list[Tensor]:
         """``teacher_out`` as a list of detached ``(N_v, K)`` blocks, validated."""

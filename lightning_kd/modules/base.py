@@ -1,8 +1,9 @@
 """The small base class every lightning-kd module shares.
 
 A subclass supplies the algorithm through one override point, :meth:`compute_losses`; the
-base logs what it returns, builds the optimizer over trainable parameters only, and runs the
-evaluation loops from :meth:`evaluate`.
+base logs what it returns, builds the optimizer over trainable parameters only, runs the
+evaluation loops from :meth:`evaluate`, and keeps the EMA teachers a subclass declares
+(:meth:`ema_pairs`, :meth:`ema_momentum`) once per optimizer step.
 """
 
 import math
@@ -19,8 +20,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import OptimizerLRScheduler
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
+from typing_extensions import override
 
 from lightning_kd.checkpoint import RECORD_KEY
+from lightning_kd.ema import EMAPair, ema_update_
 from lightning_kd.schedules import check_run_length
 
 #: What a module does when its training loss is not finite (see ``nonfinite_loss``).
@@ -43,7 +46,9 @@ class LightningKDModule(L.LightningModule):
     """Base of all lightning-kd modules.
 
     Subclasses implement :meth:`compute_losses` (training) and :meth:`evaluate` (validation and
-    test) and name the network that :meth:`export` writes in :meth:`exported_model`.
+    test) and name the network that :meth:`export` writes in :meth:`exported_model`. A module
+    with EMA teachers declares them in :meth:`ema_pairs` and their momentum in
+    :meth:`ema_momentum`; :meth:`optimizer_step` is the one place they are updated.
 
     Args:
         optimizer: callable that builds the optimizer from the trainable parameters; in YAML a
@@ -72,6 +77,11 @@ class LightningKDModule(L.LightningModule):
     #: Names of the per-sample values :meth:`evaluate` returns; each is averaged over the
     #: evaluation set with a ``torchmetrics.MeanMetric`` and logged as ``val/<name>``.
     eval_metric_names: ClassVar[tuple[str, ...]] = ("loss", "acc", "acc_top5")
+
+    #: State-dict keys that older versions of the module saved and this one no longer has;
+    #: loading a state dict drops them (see :meth:`_load_from_state_dict`), and the CLI's
+    #: checkpoint check (:func:`lightning_kd.checkpoint.check_checkpoint_fits`) ignores them.
+    obsolete_state_keys: ClassVar[tuple[str, ...]] = ()
 
     #: Entries of :meth:`compute_losses` shown in the progress bar next to ``train/loss``;
     #: ``None`` shows every entry whose name starts with ``loss_``.
@@ -134,11 +144,47 @@ class LightningKDModule(L.LightningModule):
         """The network a user deploys after training (e.g. the student)."""
         raise NotImplementedError(f"{type(self).__name__} must implement exported_model()")
 
+    # ------------------------------------------------------------------ EMA teachers
+    def ema_pairs(self) -> list[EMAPair]:
+        """The ``(teacher, student)`` pairs kept as EMAs, with each pair's buffer policy.
+
+        :meth:`optimizer_step` moves every teacher toward its student after each optimizer
+        step that was not skipped, with the momentum :meth:`ema_momentum` gives for that step.
+        Default: none.
+        """
+        return []
+
+    def ema_momentum(self, step: int) -> float:
+        """Momentum ``m`` of the EMA update that follows optimizer step ``step``.
+
+        A pure function of ``step``, the number of optimizer steps done before this one
+        (``trainer.global_step`` during the step: 0 for the first update), so a resumed run
+        continues the sequence from the checkpoint's ``global_step``, without a counter.
+        Must be overridden by a module with :meth:`ema_pairs`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} declares EMA pairs and must implement ema_momentum(step)"
+        )
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> float:
+        """Move every teacher of :meth:`ema_pairs` toward its student with
+        ``ema_momentum(step)`` and return that momentum.
+
+        Called once per optimizer step by :meth:`optimizer_step`; call it yourself only when
+        driving the optimizer outside Lightning's automatic optimization.
+        """
+        momentum = self.ema_momentum(step)
+        for pair in self.ema_pairs():
+            ema_update_(pair.teacher, pair.student, momentum=momentum, buffers=pair.buffers)
+        return momentum
+
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
 
+    @override
     def optimizer_step(
         self,
         epoch: int,
@@ -146,22 +192,34 @@ class LightningKDModule(L.LightningModule):
         optimizer: Any,
         optimizer_closure: Any = None,
     ) -> None:
-        """Step the optimizer, unless a batch of this step had a non-finite loss under
-        ``nonfinite_loss="skip"`` (then no parameter, momentum or weight decay moves).
+        """Step the optimizer, then update the EMA teachers of :meth:`ema_pairs`.
 
-        With ``"skip"`` the closure (forward and backward) runs first, so that the decision is
-        known before the step; the optimizer then steps with the gradients it produced. A
-        subclass that overrides this must call ``super()``.
+        Lightning calls this hook once per optimizer step, i.e. once every
+        ``accumulate_grad_batches`` batches, so the teachers move once per step whatever the
+        accumulation, and before any ``on_train_batch_end`` callback (e.g. a step-interval
+        ``ModelCheckpoint``) sees the module. The EMA momentum is that of the step number
+        ``trainer.global_step`` read before the step (Lightning counts the step after this
+        hook returns).
+
+        Under ``nonfinite_loss="skip"`` a step with a non-finite loss in one of its batches is
+        skipped: no parameter, momentum, weight decay or EMA teacher moves (Lightning's step
+        counter still counts it). The closure (forward and backward) then runs first, so that
+        the decision is known before the step; the optimizer then steps with the gradients it
+        produced. :attr:`last_step_skipped` tells a subclass what happened. A subclass that
+        overrides this must call ``super()``.
         """
+        step = self.trainer.global_step  # optimizer steps done before this one
         self.last_step_skipped = False
         if self.nonfinite_loss != "skip" or optimizer_closure is None:
             super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-            return
-        result = optimizer_closure()
-        skip, self._skip_optimizer_step = self._skip_optimizer_step, False
-        self.last_step_skipped = skip
-        if not skip:
-            optimizer.step(closure=lambda: result)
+        else:
+            result = optimizer_closure()
+            skip, self._skip_optimizer_step = self._skip_optimizer_step, False
+            self.last_step_skipped = skip
+            if not skip:
+                optimizer.step(closure=lambda: result)
+        if not self.last_step_skipped and self.ema_pairs():
+            self.update_ema(step)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         """Run :meth:`compute_losses`, check the loss is finite, and log what it returns.
@@ -380,6 +438,25 @@ class LightningKDModule(L.LightningModule):
             )
         record = checkpoint.setdefault(CHECKPOINT_RECORD, {})
         record["module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
+    @override
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Drop :attr:`obsolete_state_keys` (``state_dict`` is ``load_state_dict``'s own copy),
+        then load as usual."""
+        for key in self.obsolete_state_keys:
+            state_dict.pop(f"{prefix}{key}", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the optimizer sees: every parameter with ``requires_grad``."""

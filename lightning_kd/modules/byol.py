@@ -10,8 +10,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_kd.heads import ProjectionMLP
 from lightning_kd.losses.byol import byol_loss
+from lightning_kd.models.heads import ProjectionMLP
 from lightning_kd.modules.base import Batch, NonFiniteLoss, object_arguments, scalar, sgd
 from lightning_kd.modules.self_distillation import (
     BackboneWithHead,
@@ -32,7 +32,7 @@ class BYOLModule(SelfDistillationModule):
     :func:`~lightning_kd.losses.byol_loss` of the student's predictions against the teacher's
     projections of the *other* view, both directions summed (range ``[0, 8]``). Everything of
     :class:`SelfDistillationModule` applies (EMA ``tau`` cosine from ``momentum_start`` to
-    ``momentum_end``, optional weight-decay schedule, kNN / linear-probe callbacks).
+    ``momentum_end``, optional weight-decay schedule, online linear probe, kNN callback).
 
     Logged each step: ``momentum`` and ``target_std``: the standard deviation over the batch
     of the L2-normalised teacher projections, averaged over dimensions. It falls to 0 when the
@@ -46,8 +46,10 @@ class BYOLModule(SelfDistillationModule):
         hidden_dim: Hidden width of both MLPs (4096 in the paper).
         momentum_start, momentum_end: EMA momentum, cosine (0.99 -> 1 in the paper).
         weight_decay_end: Final weight decay (cosine from the optimizer's); ``None`` keeps it.
-        eval_network: Backbone used by :meth:`embed` / kNN / export; the paper evaluates the
-            online network (``"student"``, the default).
+        eval_network: Backbone used by :meth:`embed` / probe / kNN / export; the paper
+            evaluates the online network (``"student"``, the default).
+        probe_num_classes, probe_lr, probe_weight_decay: The online linear probe (none by
+            default), see :class:`SelfDistillationModule`.
         optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
     """
@@ -63,6 +65,9 @@ class BYOLModule(SelfDistillationModule):
         momentum_end: float = 1.0,
         weight_decay_end: float | None = None,
         eval_network: Literal["teacher", "student"] = "student",
+        probe_num_classes: int | None = None,
+        probe_lr: float | None = None,
+        probe_weight_decay: float = 0.0,
         optimizer: OptimizerCallable = sgd,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "step",
@@ -74,6 +79,9 @@ class BYOLModule(SelfDistillationModule):
             momentum_end=momentum_end,
             weight_decay_end=weight_decay_end,
             eval_network=eval_network,
+            probe_num_classes=probe_num_classes,
+            probe_lr=probe_lr,
+            probe_weight_decay=probe_weight_decay,
             optimizer=optimizer,
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
@@ -83,7 +91,7 @@ class BYOLModule(SelfDistillationModule):
         self.save_hyperparameters(ignore=object_arguments("backbone", "optimizer", "scheduler"))
         width = backbone_features(backbone, feature_dim)
         projector = ProjectionMLP(width, hidden_dim=hidden_dim, out_dim=projection_dim)
-        self.set_student(BackboneWithHead(backbone, projector))
+        self.set_student(BackboneWithHead(backbone, projector), feature_dim=width)
         self.predictor = ProjectionMLP(
             projection_dim, hidden_dim=hidden_dim, out_dim=projection_dim
         )
@@ -100,11 +108,11 @@ class BYOLModule(SelfDistillationModule):
             targets = self.teacher.head(teacher_features)  # (2B, P)
         loss = byol_loss(list(predictions), list(targets.chunk(2)))
         probe = teacher_features if self.eval_network == "teacher" else features
-        self.set_probe_outputs(probe[:batch_size], batch[1])
         with torch.no_grad():
             spread = F.normalize(targets.float(), dim=1).std(dim=0).mean()
-        return {
+        losses = {
             "loss": loss,
             "target_std": spread,
-            "momentum": scalar(self.momentum_at(self.trainer.global_step), loss),
+            "momentum": scalar(self.ema_momentum(self.trainer.global_step), loss),
         }
+        return self.add_probe_losses(losses, probe[:batch_size], batch[1])

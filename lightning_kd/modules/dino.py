@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
+from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_kd.heads import DINOHead
 from lightning_kd.losses.dino import DINOCenter, dino_loss, teacher_entropy
+from lightning_kd.models.heads import DINOHead
 from lightning_kd.modules.base import (
     Batch,
     NonFiniteLoss,
@@ -37,11 +40,16 @@ class DINOModule(SelfDistillationModule):
     Each training batch carries ``2 + K`` views of every image (``[global1, global2,
     local1, ...]``, e.g. from :class:`~lightning_kd.data.MultiCropViews`): the teacher sees the
     two global views, the student all of them, and :func:`~lightning_kd.losses.dino_loss`
-    compares every teacher view with every *other* student view. After the loss, the
-    :class:`~lightning_kd.losses.DINOCenter` moves toward the batch mean of the teacher outputs
-    (all-reduced over DDP processes). Everything of :class:`SelfDistillationModule` applies:
-    EMA teacher with ``tau`` from ``momentum_start`` to ``momentum_end`` (cosine), optional
-    weight-decay schedule, kNN / linear-probe callbacks.
+    compares every teacher view with every *other* student view. The
+    :class:`~lightning_kd.losses.DINOCenter` accumulates the teacher outputs of every batch of
+    an optimizer step and, after the step (in :meth:`optimizer_step`, next to the EMA update),
+    moves toward their mean, all-reduced once over DDP processes: once per optimizer step,
+    whatever ``accumulate_grad_batches`` is, so ``A`` accumulated batches of ``B`` images move
+    it exactly as one batch of ``A * B`` images would. A skipped step
+    (``nonfinite_loss="skip"``) leaves it where it was. Everything of
+    :class:`SelfDistillationModule` applies: EMA teacher with ``tau`` from ``momentum_start``
+    to ``momentum_end`` (cosine), optional weight-decay schedule, online linear probe, kNN
+    callback.
 
     Logged each step (``train/<name>_step`` / ``_epoch``): ``teacher_entropy`` (nats of the
     centred, sharpened teacher distribution: ``log(out_dim)`` = uniform collapse, ``0`` =
@@ -53,20 +61,22 @@ class DINOModule(SelfDistillationModule):
             the local crops' smaller size too (global average pooling does).
         feature_dim: ``D``; ``None`` reads ``backbone.num_features``.
         out_dim, hidden_dim, bottleneck_dim, head_layers, head_batch_norm, norm_last_layer:
-            The :class:`~lightning_kd.heads.DINOHead` (``K = out_dim`` prototypes).
+            The :class:`~lightning_kd.models.heads.DINOHead` (``K = out_dim`` prototypes).
         student_temperature: ``tau_s`` (0.1 in the paper).
         teacher_temperature: ``tau_t`` after its warm-up (0.04 - 0.07 in the paper).
         teacher_temperature_start: ``tau_t`` at step 0, linear to ``teacher_temperature``
             over ``teacher_temperature_warmup_epochs``.
         teacher_temperature_warmup_epochs: Length of that warm-up (0 = none).
-        center_momentum: Momentum of the center update (0.9).
+        center_momentum: Momentum of the center update (0.9), once per optimizer step.
         momentum_start, momentum_end: EMA momentum, cosine from start to end (0.996 -> 1).
         weight_decay_end: Weight decay at the end, cosine from the optimizer's (0.04 -> 0.4 in
             the paper); ``None`` keeps it constant.
         freeze_last_layer_epochs: Epochs during which the head's last layer gets no update (its
             gradients are dropped after backward); stabilises the start of training.
-        eval_network: Backbone used by :meth:`embed` / kNN / export (the teacher by default,
-            as in the paper's evaluations).
+        eval_network: Backbone used by :meth:`embed` / probe / kNN / export (the teacher by
+            default, as in the paper's evaluations).
+        probe_num_classes, probe_lr, probe_weight_decay: The online linear probe (none by
+            default), see :class:`SelfDistillationModule`.
         optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
 
@@ -97,6 +107,9 @@ class DINOModule(SelfDistillationModule):
         weight_decay_end: float | None = 0.4,
         freeze_last_layer_epochs: int = 1,
         eval_network: Literal["teacher", "student"] = "teacher",
+        probe_num_classes: int | None = None,
+        probe_lr: float | None = None,
+        probe_weight_decay: float = 0.0,
         optimizer: OptimizerCallable = sgd,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "step",
@@ -108,6 +121,9 @@ class DINOModule(SelfDistillationModule):
             momentum_end=momentum_end,
             weight_decay_end=weight_decay_end,
             eval_network=eval_network,
+            probe_num_classes=probe_num_classes,
+            probe_lr=probe_lr,
+            probe_weight_decay=probe_weight_decay,
             optimizer=optimizer,
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
@@ -144,7 +160,7 @@ class DINOModule(SelfDistillationModule):
             use_bn=head_batch_norm,
             norm_last_layer=norm_last_layer,
         )
-        self.set_student(BackboneWithHead(backbone, head))
+        self.set_student(BackboneWithHead(backbone, head), feature_dim=width)
         self.center = DINOCenter(out_dim, momentum=center_momentum)
         self.student_temperature = student_temperature
         self.teacher_temperature = teacher_temperature
@@ -182,7 +198,7 @@ class DINOModule(SelfDistillationModule):
         student_chunks = student_out.chunk(len(views))  # V x (B, K)
 
         tau_t = self.current_teacher_temperature()
-        center = self.center.center.clone()  # the value this step's loss uses
+        center = self.center.center  # (1, K); moves only after the optimizer step
         loss = dino_loss(
             list(student_chunks),
             list(teacher_out),
@@ -190,21 +206,43 @@ class DINOModule(SelfDistillationModule):
             student_temperature=self.student_temperature,
             teacher_temperature=tau_t,
         )
-        self.center.update(list(teacher_out))
+        self.center.accumulate(list(teacher_out))  # applied in optimizer_step
         probe = teacher_features if self.eval_network == "teacher" else student_features
-        self.set_probe_outputs(probe[:batch_size], batch[1])
 
         step = self.trainer.global_step
         weight_decay = self.trainer.optimizers[0].param_groups[0].get("weight_decay", 0.0)
-        return {
+        losses = {
             "loss": loss,
             "teacher_entropy": teacher_entropy(
                 list(teacher_out), center, teacher_temperature=tau_t
             ),
             "teacher_temperature": scalar(tau_t, loss),
-            "momentum": scalar(self.momentum_at(step), loss),
+            "momentum": scalar(self.ema_momentum(step), loss),
             "weight_decay": scalar(float(weight_decay), loss),
         }
+        return self.add_probe_losses(losses, probe[:batch_size], batch[1])
+
+    @override
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Optimizer | LightningOptimizer,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """Step the optimizer and update the EMA teacher (the base class), then move the
+        center once with the teacher outputs of all the step's batches (dropped when the step
+        was skipped). A subclass that overrides it must call ``super()``."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.last_step_skipped:
+            self.center.reset()
+        else:
+            self.center.update()
+
+    @override
+    def on_train_start(self) -> None:
+        """Start with an empty center accumulation (e.g. after an interrupted fit)."""
+        self.center.reset()
 
     @override
     def on_after_backward(self) -> None:

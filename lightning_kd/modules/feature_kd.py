@@ -31,8 +31,9 @@ class FeatureKDModule(KDModule):
         optimizer, scheduler, scheduler_interval,
         channels_last, nonfinite_loss: as for :class:`~lightning_kd.modules.KDModule`.
         terms: the distillation terms (:mod:`lightning_kd.modules.terms`).
-        ce_weight: weight of the hard-label cross-entropy.
-        kd_weight: weight of Hinton's ``T^2 KL`` on the logits (0 turns it off).
+        ce_weight: weight of the hard-label cross-entropy, a finite float ``>= 0``.
+        kd_weight: weight of Hinton's ``T^2 KL`` on the logits, a finite float ``>= 0`` (0
+            turns it off). (No ``alpha`` shorthand here: the two weights are independent.)
         input_size: ``(C, H, W)`` of one input image, for the dry-run forward.
     """
 
@@ -69,7 +70,8 @@ class FeatureKDModule(KDModule):
             student_checkpoint=student_checkpoint,
             save_teacher_weights=save_teacher_weights,
             temperature=temperature,
-            alpha=1.0,
+            ce_weight=ce_weight,
+            kd_weight=kd_weight,
             evaluate_teacher=evaluate_teacher,
             teacher_mean=teacher_mean,
             teacher_std=teacher_std,
@@ -84,11 +86,6 @@ class FeatureKDModule(KDModule):
         self.save_hyperparameters(
             ignore=object_arguments("student", "teacher", "terms", "optimizer", "scheduler")
         )
-        for label, value in (("ce_weight", ce_weight), ("kd_weight", kd_weight)):
-            if not value >= 0:
-                raise ValueError(f"{label} must be >= 0, got {value}")
-        self.ce_weight = ce_weight
-        self.kd_weight = kd_weight
         self.terms = nn.ModuleList(terms or [])
         names = [term.name for term in self.distillation_terms]
         if len(set(names)) != len(names):

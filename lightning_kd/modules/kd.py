@@ -1,6 +1,7 @@
 """Classical knowledge distillation from a frozen, pretrained teacher (Hinton et al., 2015)."""
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -30,7 +31,12 @@ TEACHER_PREFIX = "teacher."
 class KDModule(LightningKDModule):
     """Distil a student from a frozen teacher with Hinton's soft-target loss.
 
-    ``loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(p_t(T) || p_s(T))``.
+    ``loss = ce_weight * CE(student, labels) + kd_weight * T^2 * KL(p_t(T) || p_s(T))``.
+
+    ``ce_weight`` and ``kd_weight`` are the weights the loss uses (the attributes of the same
+    names, and the values the checkpoint's hyperparameters record). ``alpha`` is Hinton's
+    shorthand for the two: ``alpha=a`` means ``ce_weight=a, kd_weight=1 - a``; it cannot be
+    combined with either weight. With none of the three: ``ce_weight=0.1, kd_weight=0.9``.
 
     The teacher is frozen for real: its parameters have ``requires_grad=False`` and are not in
     the optimizer, it stays in eval mode when Lightning calls ``.train()`` (so its BatchNorm
@@ -52,8 +58,12 @@ class KDModule(LightningKDModule):
             path and its SHA-256, and the teacher is reloaded from that file, which keeps
             checkpoints student-sized.
         temperature: softmax temperature ``T > 0`` of the soft targets.
-        alpha: weight of the hard-label cross-entropy in ``[0, 1]``; the KD term gets
-            ``1 - alpha``.
+        ce_weight: weight of the hard-label cross-entropy, a finite float ``>= 0``; 0.1 when
+            not given (``None``) and ``alpha`` is not given either.
+        kd_weight: weight of the ``T^2 KL`` soft-target term, a finite float ``>= 0``; 0.9
+            when not given (``None``) and ``alpha`` is not given either.
+        alpha: shorthand for ``ce_weight=alpha, kd_weight=1 - alpha``, in ``[0, 1]``; only
+            without ``ce_weight`` and ``kd_weight``.
         evaluate_teacher: also run the teacher on validation/test batches to log its accuracy
             and the teacher-student top-1 agreement.
         teacher_mean, teacher_std: the per-channel input normalisation the teacher expects
@@ -66,7 +76,16 @@ class KDModule(LightningKDModule):
             ``teacher_mean``.
         optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: see
             :class:`~lightning_kd.modules.base.LightningKDModule`.
+
+    Raises:
+        ValueError: On a temperature that is not > 0, a weight that is negative or not finite,
+            ``alpha`` outside ``[0, 1]`` or given together with ``ce_weight`` / ``kd_weight``,
+            or ``save_teacher_weights=False`` without ``teacher_checkpoint``.
     """
+
+    #: The weights when neither they nor ``alpha`` are given (Hinton's alpha = 0.1).
+    DEFAULT_CE_WEIGHT: ClassVar[float] = 0.1
+    DEFAULT_KD_WEIGHT: ClassVar[float] = 0.9
 
     eval_metric_names = ("loss", "acc", "acc_top5", "teacher_acc", "agreement")
     progress_bar_names: ClassVar[tuple[str, ...] | None] = ("loss_ce", "loss_kd")
@@ -80,7 +99,9 @@ class KDModule(LightningKDModule):
         student_checkpoint: str | None = None,
         save_teacher_weights: bool = True,
         temperature: float = 4.0,
-        alpha: float = 0.1,
+        ce_weight: float | None = None,
+        kd_weight: float | None = None,
+        alpha: float | None = None,
         evaluate_teacher: bool = True,
         teacher_mean: list[float] | None = None,
         teacher_std: list[float] | None = None,
@@ -95,8 +116,7 @@ class KDModule(LightningKDModule):
         super().__init__(optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        ce_weight, kd_weight = loss_weights(ce_weight, kd_weight, alpha)
         if not save_teacher_weights and teacher_checkpoint is None:
             raise ValueError(
                 "save_teacher_weights=False needs teacher_checkpoint (the file the teacher is "
@@ -105,13 +125,14 @@ class KDModule(LightningKDModule):
         self.save_hyperparameters(
             ignore=object_arguments("student", "teacher", "optimizer", "scheduler")
         )
+        # The hyperparameters record the weights the loss uses, in the one convention.
+        self.hparams.update(ce_weight=ce_weight, kd_weight=kd_weight, alpha=None)
         self.student = student
         self.teacher = teacher
         self.temperature = temperature
-        self.alpha = alpha
-        #: Weights of the two logit terms; subclasses may set them independently.
-        self.ce_weight = alpha
-        self.kd_weight = 1.0 - alpha
+        #: Weights of the cross-entropy and of the KD term in :meth:`logit_losses`.
+        self.ce_weight: float = ce_weight
+        self.kd_weight: float = kd_weight
         self.evaluate_teacher = evaluate_teacher
         self.save_teacher_weights = save_teacher_weights
         self.teacher_checkpoint = teacher_checkpoint
@@ -185,7 +206,7 @@ class KDModule(LightningKDModule):
     ) -> dict[str, Tensor]:
         """The Hinton objective and its parts for ``(B, C)`` logits and ``(B,)`` labels.
 
-        ``loss = ce_weight * CE + kd_weight * KD`` (``alpha`` and ``1 - alpha`` by default).
+        ``loss = ce_weight * CE + kd_weight * KD``.
         Returns ``loss``, ``loss_ce``, ``loss_kd``, student ``acc``, ``teacher_acc`` and
         ``agreement`` (teacher-student top-1), each a scalar.
         """
@@ -299,6 +320,37 @@ class KDModule(LightningKDModule):
             )
         for key, value in self.teacher.state_dict().items():
             state[TEACHER_PREFIX + key] = value
+
+
+def loss_weights(
+    ce_weight: float | None, kd_weight: float | None, alpha: float | None
+) -> tuple[float, float]:
+    """``(ce_weight, kd_weight)`` from :class:`KDModule`'s arguments: the weights given,
+    ``(alpha, 1 - alpha)`` from the shorthand, else the defaults ``(0.1, 0.9)`` for those
+    not given.
+
+    Raises:
+        ValueError: If ``alpha`` comes with a weight, is outside ``[0, 1]``, or a weight is
+            negative or not finite.
+    """
+    if alpha is not None:
+        if ce_weight is not None or kd_weight is not None:
+            raise ValueError(
+                "alpha is a shorthand for ce_weight=alpha, kd_weight=1 - alpha and cannot be "
+                f"combined with them; got alpha={alpha}, ce_weight={ce_weight}, "
+                f"kd_weight={kd_weight}. Pass either alpha or the weights"
+            )
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        return float(alpha), 1.0 - alpha
+    weights = (
+        KDModule.DEFAULT_CE_WEIGHT if ce_weight is None else ce_weight,
+        KDModule.DEFAULT_KD_WEIGHT if kd_weight is None else kd_weight,
+    )
+    for label, value in zip(("ce_weight", "kd_weight"), weights, strict=True):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{label} must be a finite number >= 0, got {value}")
+    return float(weights[0]), float(weights[1])
 
 
 def recorded_teacher(checkpoint: dict[str, Any]) -> dict[str, Any]:

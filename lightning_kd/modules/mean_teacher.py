@@ -8,12 +8,10 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor, nn
-from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_kd.ema import ema_update_
+from lightning_kd.ema import EMAPair
 from lightning_kd.losses.consistency import softmax_kl_loss, softmax_mse_loss
 from lightning_kd.metrics import topk_correct
 from lightning_kd.modules.base import (
@@ -42,20 +40,24 @@ class MeanTeacherModule(LightningKDModule):
     """Semi-supervised training of a student against an EMA of its own weights.
 
     The teacher is ``copy.deepcopy(student)``, registered as the submodule ``teacher`` (so it
-    is in the checkpoint), with ``requires_grad=False`` and outside the optimizer. After every
-    optimizer step its weights move toward the student's::
+    is in the checkpoint), with ``requires_grad=False`` and outside the optimizer. It is the
+    module's one EMA pair (:meth:`ema_pairs`): after every optimizer step the base class
+    (:meth:`~lightning_kd.modules.base.LightningKDModule.optimizer_step`) moves its weights
+    toward the student's::
 
         theta_t <- tau * theta_t + (1 - tau) * theta_s,   tau = min(1 - 1 / (n + 1), ema_decay)
 
-    where ``n`` is the number of EMA updates done before this one (the ``ema_updates`` buffer,
-    saved in checkpoints). The first update therefore copies the student (``tau = 0``), the
-    second averages (``tau = 1/2``), and while ``1 - 1 / (n + 1) < ema_decay`` the teacher is the
-    plain mean of the student's weights after each step. (The PyTorch reference implementation
-    counts from 1, so its first update uses ``tau = 1/2`` and its mean includes the teacher's
-    initialisation.) The update runs in :meth:`optimizer_step`, right after the optimizer
-    stepped, so it happens once per optimizer step whatever ``accumulate_grad_batches`` is, and
-    before any ``on_train_batch_end`` callback (e.g. a step-interval ``ModelCheckpoint``) sees
-    the module: every checkpoint has ``ema_updates == global_step`` for a single fit.
+    where ``n`` is ``trainer.global_step`` before that step, i.e. the number of optimizer steps
+    done so far (:meth:`ema_momentum`), a pure function of the step: no counter is kept, and a
+    run resumed from a checkpoint continues the sequence from the checkpoint's
+    ``global_step``. The first update therefore copies the student (``tau = 0``), the second
+    averages (``tau = 1/2``), and while ``1 - 1 / (n + 1) < ema_decay`` the teacher is the
+    plain mean of the student's weights after each step. (The PyTorch reference
+    implementation counts from 1, so its first update uses ``tau = 1/2`` and its mean includes
+    the teacher's initialisation.) The update happens once per optimizer step whatever
+    ``accumulate_grad_batches`` is, and before any ``on_train_batch_end`` callback (e.g. a
+    step-interval ``ModelCheckpoint``) sees the module. A step skipped by
+    ``nonfinite_loss="skip"`` makes no update but still counts as a step.
 
     Training objective, for a batch of ``B_l`` labeled and ``B_u`` unlabeled images::
 
@@ -145,8 +147,10 @@ class MeanTeacherModule(LightningKDModule):
         "teacher_acc_top5",
     )
 
-    #: Number of EMA updates done so far (int64 scalar buffer, saved in checkpoints).
-    ema_updates: Tensor
+    # Checkpoints written before the EMA momentum became a function of ``global_step`` hold
+    # the ``ema_updates`` counter buffer; it equalled ``global_step``, which Lightning
+    # restores itself, so loading drops it.
+    obsolete_state_keys = ("ema_updates",)
 
     def __init__(
         self,
@@ -195,11 +199,6 @@ class MeanTeacherModule(LightningKDModule):
         self.ce_weight = ce_weight
         self.ema_buffers: Literal["average", "copy"] = ema_buffers
         self.export_network = export_network
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-        # Host copy of ``ema_updates``, so that reading it each step needs no device sync;
-        # dropped whenever the buffer may have changed behind our back (a state-dict load).
-        self._ema_updates_host: int | None = None
-        self.register_load_state_dict_post_hook(_forget_host_counter)
 
     @property
     @override
@@ -208,52 +207,18 @@ class MeanTeacherModule(LightningKDModule):
         return "teacher_acc" if self.export_network == "teacher" else "acc"
 
     # ------------------------------------------------------------------ EMA
-    @property
-    def num_ema_updates(self) -> int:
-        """EMA updates done so far (the ``ema_updates`` buffer as a Python int)."""
-        if self._ema_updates_host is None:
-            self._ema_updates_host = int(self.ema_updates)
-        return self._ema_updates_host
-
-    def next_ema_momentum(self) -> float:
-        """The ``tau`` the next EMA update will use: ``min(1 - 1 / (n + 1), ema_decay)``."""
-        n = self.num_ema_updates
-        return min(1.0 - 1.0 / (n + 1), self.ema_decay)
-
-    @torch.no_grad()
-    def update_teacher(self) -> float:
-        """Do one EMA update of the teacher toward the student and return the ``tau`` used.
-
-        Called once per optimizer step by :meth:`optimizer_step`; call it yourself only when
-        driving the optimizer outside Lightning's automatic optimization.
-        """
-        done = self.num_ema_updates
-        tau = self.next_ema_momentum()
-        ema_update_(self.teacher, self.student, momentum=tau, buffers=self.ema_buffers)
-        self.ema_updates.add_(1)
-        self._ema_updates_host = done + 1
-        return tau
+    @override
+    def ema_pairs(self) -> list[EMAPair]:
+        """The teacher follows the student; floating buffers as ``ema_buffers`` says."""
+        return [EMAPair(self.teacher, self.student, buffers=self.ema_buffers)]
 
     @override
-    def optimizer_step(
-        self,
-        epoch: int,
-        batch_idx: int,
-        optimizer: Optimizer | LightningOptimizer,
-        optimizer_closure: Callable[[], Any] | None = None,
-    ) -> None:
-        """Step the optimizer, then update the teacher (once per optimizer step).
-
-        Lightning calls this hook only when the optimizer steps, i.e. once every
-        ``accumulate_grad_batches`` batches. A subclass that overrides it must call ``super()``.
-        """
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        if not self.last_step_skipped:
-            self.update_teacher()
-
-    @override
-    def on_train_start(self) -> None:
-        self._ema_updates_host = None
+    def ema_momentum(self, step: int) -> float:
+        """``tau = min(1 - 1 / (step + 1), ema_decay)`` of the update after optimizer step
+        ``step`` (0-based: the number of steps done before it)."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return min(1.0 - 1.0 / (step + 1), self.ema_decay)
 
     # ------------------------------------------------------------------ schedule
     def consistency_weight_at(self, step: int, steps_per_epoch: int) -> float:
@@ -290,7 +255,7 @@ class MeanTeacherModule(LightningKDModule):
         ce = F.cross_entropy(labeled_logits.float(), y)
         consistency = self.consistency_loss(student_logits, teacher_logits)
         weight = self.current_consistency_weight()
-        tau = self.next_ema_momentum()
+        tau = self.ema_momentum(self.global_step)  # 0 without a trainer
 
         # Diagnostics only: ``u_y`` never reaches the loss above.
         detached = student_logits.detach()
@@ -325,12 +290,6 @@ class MeanTeacherModule(LightningKDModule):
     @override
     def exported_model(self) -> nn.Module:
         return self.teacher if self.export_network == "teacher" else self.student
-
-
-def _forget_host_counter(module: nn.Module, incompatible_keys: Any) -> None:
-    """``load_state_dict`` post-hook: the ``ema_updates`` buffer may have changed."""
-    assert isinstance(module, MeanTeacherModule)
-    module._ema_updates_host = None
 
 
 def _known_label_accuracy(logits: Tensor, targets: Tensor, num_classes: int) -> Tensor:

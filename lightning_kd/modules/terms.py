@@ -20,7 +20,7 @@ from lightning_kd.losses.crd import CRDMemory, crd_objective
 from lightning_kd.losses.dkd import dkd_loss
 from lightning_kd.losses.feature import attention_transfer_loss, hint_loss
 from lightning_kd.losses.relation import rkd_angle_loss, rkd_distance_loss
-from lightning_kd.projectors import LinearEmbedding, projector_for
+from lightning_kd.modules.projectors import LinearEmbedding, projector_for
 from lightning_kd.schedules import linear_warmup
 
 Capture = Literal["output", "input"]

@@ -1,9 +1,12 @@
-"""Projection heads for label-free self-distillation (DINO, BYOL).
+"""Heads on a backbone's features: the self-distillation projections and the online probe.
 
 * :class:`DINOHead`: MLP to a bottleneck, L2 normalisation, then a weight-normalised linear
   layer to ``K`` outputs (Caron et al., 2021). Student and EMA teacher use the same head.
 * :class:`ProjectionMLP`: ``Linear -> BatchNorm1d -> ReLU -> Linear``, the BYOL projector and
   predictor (Grill et al., 2020).
+* :class:`LinearProbe`: a zero-initialised linear classifier on *detached* features, the
+  online evaluation of a label-free backbone
+  (:class:`~lightning_kd.modules.self_distillation.SelfDistillationModule`).
 
 Register heads on the LightningModule next to the backbone so the optimizer, checkpoints,
 DDP and the EMA teacher see them.
@@ -18,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["DINOHead", "ProjectionMLP"]
+__all__ = ["DINOHead", "LinearProbe", "ProjectionMLP"]
 
 
 class DINOHead(nn.Module):
@@ -165,6 +168,54 @@ class ProjectionMLP(nn.Module):
                 f"ProjectionMLP expects (B, {self.in_dim}), got shape {tuple(x.shape)}"
             )
         return self.net(x)  # (B, out_dim)
+
+
+class LinearProbe(nn.Module):
+    """Linear classifier ``(B, D) -> (B, C)`` on features that are constants for the backbone.
+
+    :meth:`forward` detaches the features and runs in the probe's own dtype (float32 unless
+    the whole module is cast) with autocast disabled, so no gradient reaches the network that
+    produced them and bf16 features are classified in float32. The layer starts at zero
+    (weight and bias), without drawing random numbers: the run's random stream is the same
+    with or without a probe, and the first logits are all 0 (loss ``log C``, prediction class
+    0).
+
+    Args:
+        feature_dim: Feature width ``D``, ``>= 1``.
+        num_classes: Number of classes ``C``, ``>= 1``.
+
+    Raises:
+        ValueError: If a size is not an int ``>= 1``.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int) -> None:
+        super().__init__()
+        _check_sizes(feature_dim=feature_dim, num_classes=num_classes)
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        # skip_init: allocated without the default (random) initialisation.
+        self.linear = nn.utils.skip_init(nn.Linear, feature_dim, num_classes)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.zero_()
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Logits ``(B, C)`` for features ``(B, D)`` (detached here).
+
+        Raises:
+            ValueError: If ``features`` is not ``(B, D)``.
+        """
+        if features.dim() != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"LinearProbe expects (B, {self.feature_dim}), got shape {tuple(features.shape)}"
+            )
+        weight = self.linear.weight
+        x = features.detach().to(dtype=weight.dtype)  # (B, D), a constant for the backbone
+        with torch.autocast(x.device.type, enabled=False):
+            return self.linear(x)  # (B, C)
+
+    def extra_repr(self) -> str:
+        return f"feature_dim={self.feature_dim}, num_classes={self.num_classes}"
 
 
 def _init_linear(linear: nn.Linear, std: float = 0.02) -> None:
