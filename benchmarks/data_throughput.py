@@ -1,187 +1,221 @@
-"""Training-input throughput of the CIFAR-10 pipelines on real data.
+"""Training-input throughput of the CIFAR-10 pipelines on real data, this tree vs a reference.
 
-Measures images/s through the whole training input pipeline as the DataModule runs it:
-iterate the train DataLoader and, for the fast path, apply the batch augmentation and
-normalisation that ``on_after_batch_transfer`` applies in training (here on the CPU, since no
-accelerator is involved). Compared:
+Measures images/s through the whole training input pipeline as the datamodule runs it:
+iterate the train DataLoader and apply what ``on_after_batch_transfer`` applies in training
+(here on the CPU, since no accelerator is involved): the batch transform and normalisation.
+Pipelines (one row each):
 
-* ``batch``: in-memory uint8 tensor, one gather per batch, crop/flip/normalise on the batch;
-* ``pil``: per-sample PIL images through torchvision's RandomCrop/RandomHorizontalFlip/
-  ToTensor/Normalize in the DataLoader.
+* ``crop_flip``: supervised / KD training, pad-4 crop + flip, one view;
+* ``mt_two_views``: the semi-supervised datamodule (31 labeled + 97 unlabeled images a step),
+  two crop + flip views of each, as Mean Teacher trains;
+* ``dino_multicrop``: DINO's 2 global (32 px) + 4 local (16 px) views;
+* ``byol_two_views``: BYOL's two views.
+
+With ``--reference DIR`` (a checkout of another commit, e.g. made with
+``git worktree add /tmp/ref <commit>``), every pipeline is also measured with that checkout's
+``lightning_kd``, alternating reference and this tree in separate processes, one at a time, so
+the two are compared side by side in one run under the same load. The script adapts to the
+datamodule API it finds (``transform=`` / ``views=`` and ``training_batch`` /
+``transform_batch``).
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/data_throughput.py [--data-dir ../shared/data]
+    .venv/bin/python benchmarks/data_throughput.py [--reference /tmp/ref] [--repeats 3]
 
-Prints a markdown table and writes it to ``benchmarks/results/data_throughput.md``.
+Prints a markdown table and writes ``benchmarks/results/data_throughput.{md,json}``.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import json
 import os
+import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from report import busy, load_average, write_result
-from torch import Tensor
-from torch.utils.data import DataLoader
-
-from lightning_kd.data import CIFAR10DataModule
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PIPELINES = ("crop_flip", "mt_two_views", "dino_multicrop", "byol_two_views")
 
 
-@dataclass
-class Result:
-    """One measured configuration."""
+def _datamodule(kind: str, data_dir: str, batch_size: int) -> Any:
+    """The datamodule of ``kind``, in whichever API the imported ``lightning_kd`` has."""
+    import inspect
 
-    augment: str
-    threads: int
-    num_workers: int
-    setup_s: float
-    batches: int
-    images: int
-    seconds: float
+    from lightning_kd import data
 
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds
-
-
-def _forever(loader: DataLoader[Any]) -> Iterator[list[Tensor]]:
-    """Yield batches from ``loader`` epoch after epoch (its workers are persistent)."""
-    while True:
-        yield from loader
-
-
-def measure(
-    data_dir: Path,
-    *,
-    augment: str,
-    num_workers: int,
-    batch_size: int,
-    max_batches: int,
-    max_seconds: float,
-    warmup: int,
-) -> Result:
-    """Run the training input pipeline for ``max_batches`` batches or ``max_seconds``."""
-    start = time.perf_counter()
-    dm = CIFAR10DataModule(
-        data_dir=str(data_dir),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        augment=augment,  # type: ignore[arg-type]
-    )
+    new_api = "transform" in inspect.signature(data.CIFAR10DataModule).parameters
+    if kind == "mt_two_views":
+        dm = data.CIFAR10SSLDataModule(data_dir=data_dir)
+    else:
+        views = {
+            "crop_flip": None,
+            "dino_multicrop": lambda: data.MultiCropViews(num_local=4),
+            "byol_two_views": lambda: data.TwoViews(),
+        }[kind]
+        extra = {}
+        if views is not None:
+            extra = {"transform": views()} if new_api else {"views": views()}
+        dm = data.CIFAR10DataModule(data_dir=data_dir, batch_size=batch_size, **extra)
     dm.setup("fit")
-    setup_s = time.perf_counter() - start
-    loader = dm.train_dataloader()
-    stream = _forever(loader)
-    for _ in range(warmup):  # includes worker start-up
-        batch = next(stream)
-        if augment == "batch":
-            dm.transform_batch(batch, train=True)
+    return dm
 
-    n_batches = n_images = 0
+
+def _transform(dm: Any, batch: Any) -> Any:
+    """Apply the training transform of ``on_after_batch_transfer`` to one loader batch."""
+    if isinstance(batch, tuple):  # CombinedLoader: (batch, batch_idx, dataloader_idx)
+        batch = batch[0]
+    if isinstance(batch, dict):  # semi-supervised: the dict path is always training
+        return dm.on_after_batch_transfer(batch, 0)
+    if hasattr(dm, "training_batch"):
+        return dm.training_batch(batch)
+    return dm.transform_batch(batch, train=True)
+
+
+def measure(kind: str, data_dir: str, batch_size: int, max_batches: int, warmup: int) -> dict:
+    """One pipeline: images/s over ``max_batches`` batches after ``warmup`` (one thread)."""
+    import torch
+
+    torch.set_num_threads(1)
+    dm = _datamodule(kind, data_dir, batch_size)
+    loader = dm.train_dataloader()
+    stream = iter(loader)
+
+    def next_batch() -> Any:
+        nonlocal stream
+        try:
+            return next(stream)
+        except StopIteration:
+            stream = iter(loader)
+            return next(stream)
+
+    for _ in range(warmup):
+        _transform(dm, next_batch())
+    images = 0
     start = time.perf_counter()
-    while n_batches < max_batches and time.perf_counter() - start < max_seconds:
-        batch = next(stream)
-        if augment == "batch":
-            batch = dm.transform_batch(batch, train=True)
-        images = batch[0]
-        assert images.dtype == torch.float32 and images.shape[1:] == (3, 32, 32)
-        n_batches += 1
-        n_images += images.shape[0]
+    for _ in range(max_batches):
+        out = _transform(dm, next_batch())
+        first = out["unlabeled"][0] if isinstance(out, dict) else out[0]
+        if isinstance(out, dict):
+            images += out["labeled"][0].shape[0] + first.shape[0]
+        else:
+            images += (first[0] if isinstance(first, list) else first).shape[0]
     seconds = time.perf_counter() - start
-    del stream, loader  # shut persistent workers down before the next configuration
-    return Result(
-        augment, torch.get_num_threads(), num_workers, setup_s, n_batches, n_images, seconds
-    )
+    return {"kind": kind, "images": images, "seconds": seconds, "images_per_s": images / seconds}
+
+
+def _run_one(tree: Path, kind: str, args: argparse.Namespace) -> dict:
+    """Measure ``kind`` in a fresh process importing ``lightning_kd`` from ``tree``."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        kind,
+        "--data-dir",
+        str(args.data_dir),
+        "--batch-size",
+        str(args.batch_size),
+        "--max-batches",
+        str(args.max_batches),
+        "--warmup",
+        str(args.warmup),
+    ]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tree)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} in {tree} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="../shared/data", help="relative to the repo root")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--max-batches", type=int, default=300)
-    parser.add_argument("--max-seconds", type=float, default=20.0)
+    parser.add_argument("--max-batches", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument(
-        "--threads",
-        type=int,
-        nargs="+",
-        default=[torch.get_num_threads(), 1],
-        help="torch.set_num_threads values to try in the main process",
-    )
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--reference", type=Path, default=None, help="checkout to compare with")
+    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    data_dir = (REPO_ROOT / args.data_dir).resolve()
+    args.data_dir = (REPO_ROOT / args.data_dir).resolve()
+    if args.worker is not None:
+        result = measure(
+            args.worker, str(args.data_dir), args.batch_size, args.max_batches, args.warmup
+        )
+        print(json.dumps(result))
+        return
 
-    busy_before = busy()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import busy, load_average, write_result
+
+    trees = {"this tree": REPO_ROOT}
+    if args.reference is not None:
+        trees = {"reference": args.reference.resolve(), **trees}
     load_before = load_average()
-    results = []
-    for threads, augment, workers in itertools.product(
-        dict.fromkeys(args.threads), ("batch", "pil"), args.workers
-    ):
-        torch.set_num_threads(threads)
-        r = measure(
-            data_dir,
-            augment=augment,
-            num_workers=workers,
-            batch_size=args.batch_size,
-            max_batches=args.max_batches,
-            max_seconds=args.max_seconds,
-            warmup=args.warmup,
-        )
-        print(
-            f"threads={threads} {augment:5s} workers={workers}: {r.images_per_s:,.0f} images/s",
-            flush=True,
-        )
-        results.append(r)
+    rates: dict[tuple[str, str], list[float]] = {}
+    for repeat in range(args.repeats):
+        for kind in args.pipelines:
+            for name, tree in trees.items():
+                r = _run_one(tree, kind, args)
+                rates.setdefault((kind, name), []).append(r["images_per_s"])
+                rate = r["images_per_s"]
+                print(f"[{repeat}] {kind:15s} {name:10s} {rate:,.0f} images/s", flush=True)
 
-    fast = {(r.threads, r.num_workers): r.images_per_s for r in results if r.augment == "batch"}
     lines = [
-        f"Data: {data_dir / 'cifar-10-batches-py'} (50,000 train images), "
-        f"batch size {args.batch_size}, up to {args.max_batches} batches or "
-        f"{args.max_seconds:g} s per row after {args.warmup} warm-up batches.",
+        f"Data: {args.data_dir / 'cifar-10-batches-py'} (50,000 train images), batch size "
+        f"{args.batch_size} (semi-supervised: 31 + 97), {args.max_batches} batches per "
+        f"measurement after {args.warmup} warm-up batches, 1 torch thread, no workers, "
+        f"{args.repeats} measurements each, each in a fresh process; "
+        + (
+            f"reference = `lightning_kd` of {args.reference} and this tree measured "
+            "alternately, one process at a time."
+            if args.reference is not None
+            else "this tree only."
+        ),
         "",
-        "Each row iterates the training DataLoader and, for `batch`, applies the training "
-        "transform of `on_after_batch_transfer` (pad-4 random crop, flip, float, normalise) on "
-        "the CPU; `pil` batches come out of the DataLoader already transformed. With a GPU the "
-        "`batch` transform runs on the device after transfer instead. `vs batch` is the "
-        "throughput relative to the `batch` row with the same threads and workers. The machine "
-        "is shared, so the load average says how busy it was.",
+        "Each measurement iterates the training DataLoader and applies the training transform "
+        "of `on_after_batch_transfer` (views + normalisation) on the CPU.",
         "",
-        "| torch threads | pipeline | num_workers | setup (s) | batches | images | seconds "
-        "| images/s | vs batch |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in results:
-        key = (r.threads, r.num_workers)
-        ratio = r.images_per_s / fast[key] if key in fast else float("nan")
-        lines.append(
-            f"| {r.threads} | {r.augment} | {r.num_workers} | {r.setup_s:.2f} | {r.batches} | "
-            f"{r.images} | {r.seconds:.2f} | {r.images_per_s:,.0f} | {ratio:.2f}x |"
-        )
-    if busy_before or busy():
-        lines += [
-            "",
-            f"Note: the 1-minute load average was above the {os.cpu_count()} cores at the start "
-            "or the end of this run (it also counts jobs that ended within the last minute). "
-            "Multi-threaded torch ops wait on busy cores, which hits the `batch` rows with more "
-            "than one torch thread hardest (many short parallel kernels per batch); the 1-thread "
-            "rows are the better comparison on a busy machine.",
-        ]
+    names = list(trees)
+    lines += [
+        "Timings on this shared 2-core VM vary by up to 2x between identical runs, so both the "
+        "median and the best (highest) of the measurements are given; noise only ever slows a "
+        "measurement down, so the best is the steadier comparison.",
+        "",
+    ]
+    header = "| pipeline | " + " | ".join(f"{n}: median / best (images/s)" for n in names)
+    header += " | this tree / reference (median, best) |" if len(names) == 2 else " |"
+    lines += [header, "| --- |" + " ---: |" * (len(names) + (len(names) == 2))]
+    summary = {}
+    for kind in args.pipelines:
+        medians = {n: statistics.median(rates[(kind, n)]) for n in names}
+        bests = {n: max(rates[(kind, n)]) for n in names}
+        summary[kind] = {
+            n: {"median": medians[n], "best": bests[n], "all": rates[(kind, n)]} for n in names
+        }
+        row = f"| {kind} | " + " | ".join(f"{medians[n]:,.0f} / {bests[n]:,.0f}" for n in names)
+        if len(names) == 2:
+            ratio = medians["this tree"] / medians["reference"]
+            best_ratio = bests["this tree"] / bests["reference"]
+            summary[kind]["ratio_median"] = ratio
+            summary[kind]["ratio_best"] = best_ratio
+            row += f" | {ratio:.2f}x, {best_ratio:.2f}x |"
+        else:
+            row += " |"
+        lines.append(row)
+    if busy():
+        lines += ["", f"Note: the 1-minute load average was above the {os.cpu_count()} cores."]
     body = "\n".join(lines)
     print(body)
     path = write_result(
         "data_throughput", "CIFAR-10 training-input throughput", body, load_before=load_before
     )
+    (path.with_suffix(".json")).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {path}")
 
 

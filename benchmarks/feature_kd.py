@@ -138,7 +138,7 @@ def step_cost(args: argparse.Namespace) -> dict[str, float]:
     datamodule.setup("fit")
     batches = []
     for batch in datamodule.train_dataloader():
-        batches.append(datamodule.transform_batch(batch, train=True))
+        batches.append(datamodule.training_batch(batch))
         if len(batches) == args.cost_steps:
             break
     times: dict[str, list[float]] = {m: [] for m in METHODS}

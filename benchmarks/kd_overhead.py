@@ -40,7 +40,7 @@ def make_batches(data_dir: str, batch_size: int, steps: int) -> TensorDataset:
     datamodule.setup("fit")
     xs, ys = [], []
     for batch in datamodule.train_dataloader():
-        images, labels = datamodule.transform_batch(batch, train=True)
+        images, labels = datamodule.training_batch(batch)
         xs.append(images)
         ys.append(labels)
         if len(xs) == steps:

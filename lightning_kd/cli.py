@@ -23,6 +23,10 @@ than what its config says:
 * ``fit`` refuses checkpoint selection or early stopping on ``val/...`` metrics when the
   datamodule validates on its test split.
 * ``predict`` writes the predictions to a file (``--predictions_file``).
+* ``fit`` stops on Ctrl-C or SIGTERM after the current optimizer step and saves
+  ``interrupted.ckpt`` of it (:class:`~lightning_kd.callbacks.InterruptCheckpoint`, added
+  unless the config has one); ``fit --ckpt_path`` of any checkpoint continues exactly (keyed
+  data order and views) and logs into the same version folder of the run it continues.
 * One flat, filterable hyperparameter record per run in TensorBoard's HPARAMS tab, with
   ``hp_metric`` the validation accuracy; a rich progress bar with the method's loss parts.
 * Errors: the library's own message is printed once, as the last line, without the argument
@@ -51,6 +55,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
+from lightning_kd.callbacks.interrupt import InterruptCheckpoint
 from lightning_kd.callbacks.predictions import PredictionWriter
 from lightning_kd.callbacks.progress import default_progress_bar
 from lightning_kd.checkpoint import (
@@ -115,6 +120,10 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None:
             datamodule._log_hyperparams = False
+        if stage == "fit" and trainer.ckpt_path is not None:
+            # A resumed run continues in its log folder (see _continue_log_version): its
+            # config.yaml is the one of the run that continues it.
+            self.overwrite = True
         super().setup(trainer, pl_module, stage)
 
     @override
@@ -132,6 +141,30 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
         if callable(facts):
             record.update(facts())
         write_hparams_record(logger, {key: _hparam_value(value) for key, value in record.items()})
+
+
+def recorded_log_version(checkpoint: dict[str, Any]) -> Any:
+    """The logger version an :class:`InterruptCheckpoint` recorded in ``checkpoint``, or None."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if str(key).startswith("InterruptCheckpoint") and isinstance(state, dict):
+            return state.get("log_version")
+    return None
+
+
+def _continue_log_version(config: Namespace, checkpoint: dict[str, Any]) -> None:
+    """``fit --ckpt_path``: log into the version folder of the run that wrote the checkpoint
+    (curves continue in one run), unless the logger config names a version itself."""
+    version = recorded_log_version(checkpoint)
+    logger = config.trainer.get("logger")
+    if version is None or not isinstance(logger, Namespace):
+        return
+    class_path = str(logger.get("class_path", ""))
+    if not class_path.endswith(("TensorBoardLogger", "CSVLogger")):
+        return
+    init_args = logger.get("init_args")
+    if isinstance(init_args, Namespace) and init_args.get("version") is None:
+        init_args["version"] = version
+        rank_zero_info(f"resuming: logging into version {version!r} of the checkpoint's run")
 
 
 def _hparam_value(value: Any) -> Any:
@@ -240,6 +273,8 @@ class KDLightningCLI(LightningCLI):
             _root_relative_paths(config, Path(root).expanduser())
         if self._checkpoint is not None:
             self._fill_missing_weight_files(config)
+            if self.subcommand == "fit":
+                _continue_log_version(config, self._checkpoint)
 
     def _fill_missing_weight_files(self, config: Namespace) -> None:
         """With ``--ckpt_path``: a teacher / student file that the config names but that does
@@ -284,6 +319,10 @@ class KDLightningCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in callbacks
         ):
             extra.append(default_progress_bar())
+        if self.subcommand == "fit" and not any(
+            isinstance(c, InterruptCheckpoint) for c in callbacks
+        ):
+            extra.append(InterruptCheckpoint())
         if self.subcommand == "predict" and not any(
             isinstance(c, PredictionWriter) for c in callbacks
         ):

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from lightning_kd.cli import build_cli
-from lightning_kd.data.label_split import write_split_file
+from lightning_kd.data.splits import write_split_file
 from lightning_kd.modules import SelfDistillationModule
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,8 @@
-"""Tests for lightning_kd.data: CIFAR readers and DataModules, batch augmentation, image folders."""
+"""Tests for lightning_kd.data: CIFAR readers and DataModules, crop/flip, image folders.
+
+Keyed randomness, views across batch sizes and processes, and exact resume are tested in
+``test_reproducible_data.py``; the multi-view transforms in ``test_views.py``.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fake_data import fake_images, write_fake_cifar10, write_image_folder
-from lightning.pytorch.utilities.data import _update_dataloader
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms
 
 from lightning_kd.data import (
@@ -28,18 +30,19 @@ from lightning_kd.data import (
     CIFAR100_STD,
     CIFAR10DataModule,
     CIFAR100DataModule,
-    CIFARDataModuleBase,
+    CropFlip,
+    ImageDataModule,
     ImageFolderDataModule,
     MultiCropViews,
+    SampleKeys,
+    TensorImageDataset,
     TwoViews,
-    UInt8ImageDataset,
-    collate_uint8_batch,
+    collate_batch,
     normalize,
-    random_crop_flip,
 )
-from lightning_kd.data.cifar import _class_balanced_subset
 from lightning_kd.data.cifar_files import CIFAR10_LAYOUT, read_cifar_split, resolve_cifar_dir
-from lightning_kd.data.label_split import write_split_file
+from lightning_kd.data.ops import crop_flip
+from lightning_kd.data.splits import class_balanced_subset, write_split_file
 
 
 def _image_keys(images: Tensor) -> list[bytes]:
@@ -88,7 +91,7 @@ def test_cifar10_datamodule_sizes_and_class_names(cifar10_dir: Path) -> None:
     dm = _fit_dm(cifar10_dir, batch_size=32, val_split=0)
     assert dm.num_classes == 10
     assert dm.class_names[0] == "airplane" and dm.class_names[9] == "truck"
-    assert isinstance(dm.train_dataset, UInt8ImageDataset) and len(dm.train_dataset) == 200
+    assert isinstance(dm.train_dataset, TensorImageDataset) and len(dm.train_dataset) == 200
     # val_split=0 validates on the test split.
     assert dm.val_dataset is dm.test_dataset
     assert dm.val_dataset is not None and len(dm.val_dataset) == 100
@@ -101,7 +104,7 @@ def test_cifar100_reads_fine_labels(cifar100_dir: Path) -> None:
     assert dm.num_classes == 100
     assert dm.mean == CIFAR100_MEAN and dm.std == CIFAR100_STD
     assert dm.class_names[:2] == ["fine_0", "fine_1"] and len(dm.class_names) == 100
-    assert isinstance(dm.train_dataset, UInt8ImageDataset)
+    assert isinstance(dm.train_dataset, TensorImageDataset)
     assert torch.equal(dm.train_dataset.targets, torch.arange(300) % 100)
     dm.setup("test")
     assert dm.test_dataset is not None and len(dm.test_dataset) == 100
@@ -112,16 +115,16 @@ def test_cifar100_reads_fine_labels(cifar100_dir: Path) -> None:
 def test_data_dir_parent_or_batches_folder(cifar10_dir: Path) -> None:
     parent = _fit_dm(cifar10_dir)
     direct = _fit_dm(cifar10_dir / "cifar-10-batches-py")
-    assert isinstance(parent.train_dataset, UInt8ImageDataset)
-    assert isinstance(direct.train_dataset, UInt8ImageDataset)
+    assert isinstance(parent.train_dataset, TensorImageDataset)
+    assert isinstance(direct.train_dataset, TensorImageDataset)
     assert torch.equal(parent.train_dataset.images, direct.train_dataset.images)
 
 
 def test_num_classes_without_data() -> None:
     assert CIFAR10DataModule().num_classes == 10
     assert CIFAR100DataModule().num_classes == 100
-    with pytest.raises(TypeError, match="abstract"):
-        CIFARDataModuleBase()
+    with pytest.raises(TypeError, match="ImageDataModule is abstract"):
+        ImageDataModule()
 
 
 # --------------------------------------------------------------------------- file errors
@@ -195,7 +198,8 @@ def test_bad_meta(cifar10_copy: Path) -> None:
         ({"val_split": -1}, ValueError, "must be >= 0, got -1"),
         ({"val_split": "0.1"}, TypeError, "got '0.1'"),
         ({"val_split": True}, TypeError, "got True"),
-        ({"augment": "gpu"}, ValueError, "'batch' or 'pil', got 'gpu'"),
+        ({"transform": "crop"}, TypeError, "must be a lightning_kd.data.transforms.BatchTransform"),
+        ({"view_seed": -1}, ValueError, "view_seed must be >= 0 or None, got -1"),
         ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
         ({"train_subset": 0}, ValueError, "train_subset must be >= 1 or None, got 0"),
     ],
@@ -215,7 +219,7 @@ def test_setup_errors_that_need_the_data(cifar10_dir: Path) -> None:
     with pytest.raises(ValueError, match="train_subset=190 is larger than the 180"):
         _fit_dm(cifar10_dir, train_subset=190)  # the default 10% validation split left 180
     dm = _fit_dm(cifar10_dir, batch_size=256, val_split=0)
-    with pytest.raises(ValueError, match="has 200 images, fewer than batch_size=256"):
+    with pytest.raises(ValueError, match=r"200 images \(200 per process\), fewer than batch_size"):
         dm.train_dataloader()
     dm = _fit_dm(cifar10_dir, batch_size=256, val_split=0, drop_last=False)
     assert len(dm.train_dataloader()) == 1
@@ -228,7 +232,7 @@ def test_val_split_sizes_disjoint_and_seeded(
 ) -> None:
     dm = _fit_dm(cifar10_dir, val_split=val_split, seed=3)
     train, val = dm.train_dataset, dm.val_dataset
-    assert isinstance(train, UInt8ImageDataset) and isinstance(val, UInt8ImageDataset)
+    assert isinstance(train, TensorImageDataset) and isinstance(val, TensorImageDataset)
     assert len(val) == n_val and len(train) == 200 - n_val
     train_keys, val_keys = set(_image_keys(train.images)), set(_image_keys(val.images))
     assert not train_keys & val_keys
@@ -239,7 +243,7 @@ def test_val_split_sizes_disjoint_and_seeded(
 
     again = _fit_dm(cifar10_dir, val_split=val_split, seed=3).val_dataset
     other = _fit_dm(cifar10_dir, val_split=val_split, seed=4).val_dataset
-    assert isinstance(again, UInt8ImageDataset) and isinstance(other, UInt8ImageDataset)
+    assert isinstance(again, TensorImageDataset) and isinstance(other, TensorImageDataset)
     assert torch.equal(again.images, val.images)
     assert not torch.equal(other.images, val.images)
 
@@ -252,7 +256,7 @@ def test_default_holds_out_ten_percent_of_the_training_images(cifar10_dir: Path)
     assert not [w for w in caught if "val_split=0" in str(w.message)]
     assert not dm.validates_on_test
     train, val = dm.train_dataset, dm.val_dataset
-    assert isinstance(train, UInt8ImageDataset) and isinstance(val, UInt8ImageDataset)
+    assert isinstance(train, TensorImageDataset) and isinstance(val, TensorImageDataset)
     assert len(val) == 20 and len(train) == 180
     train_keys, val_keys = set(_image_keys(train.images)), set(_image_keys(val.images))
     assert len(val_keys) == 20 and not train_keys & val_keys
@@ -266,7 +270,7 @@ def test_default_holds_out_ten_percent_of_the_training_images(cifar10_dir: Path)
 
 @pytest.mark.parametrize("cls", [CIFAR10DataModule, CIFAR100DataModule])
 def test_val_split_zero_warns_once_and_validates_on_test(
-    cifar10_dir: Path, cifar100_dir: Path, cls: type[CIFARDataModuleBase]
+    cifar10_dir: Path, cifar100_dir: Path, cls: type[ImageDataModule]
 ) -> None:
     data_dir = cifar10_dir if cls is CIFAR10DataModule else cifar100_dir
     dm = cls(data_dir=str(data_dir), val_split=0)
@@ -279,7 +283,7 @@ def test_val_split_zero_warns_once_and_validates_on_test(
     assert len(messages) == 1
     assert f"{dm.layout.name} test split" in messages[0] and "val_on_test/" in messages[0]
     assert dm.test_dataset is not None and dm.val_dataset is dm.test_dataset
-    assert isinstance(dm.train_dataset, UInt8ImageDataset)
+    assert isinstance(dm.train_dataset, TensorImageDataset)
     assert len(dm.train_dataset) == (200 if cls is CIFAR10DataModule else 300)
     # A float 0 means the same; test alone does not warn.
     assert cls(data_dir=str(data_dir), val_split=0.0).validates_on_test
@@ -292,19 +296,19 @@ def test_val_split_zero_warns_once_and_validates_on_test(
 def test_train_subset_is_class_balanced_and_seeded(cifar10_dir: Path) -> None:
     dm = _fit_dm(cifar10_dir, train_subset=50, val_split=40, seed=1)
     train, val = dm.train_dataset, dm.val_dataset
-    assert isinstance(train, UInt8ImageDataset) and isinstance(val, UInt8ImageDataset)
+    assert isinstance(train, TensorImageDataset) and isinstance(val, TensorImageDataset)
     assert len(train) == 50 and len(val) == 40  # subset drawn from what val left over
     assert torch.equal(torch.bincount(train.targets, minlength=10), torch.full((10,), 5))
     assert not set(_image_keys(train.images)) & set(_image_keys(val.images))
 
     uneven = _fit_dm(cifar10_dir, train_subset=55, seed=1).train_dataset
-    assert isinstance(uneven, UInt8ImageDataset)
+    assert isinstance(uneven, TensorImageDataset)
     counts = torch.bincount(uneven.targets, minlength=10)
     assert sorted(counts.tolist()) == [5] * 5 + [6] * 5
 
     same = _fit_dm(cifar10_dir, train_subset=50, val_split=40, seed=1).train_dataset
     other = _fit_dm(cifar10_dir, train_subset=50, val_split=40, seed=2).train_dataset
-    assert isinstance(same, UInt8ImageDataset) and isinstance(other, UInt8ImageDataset)
+    assert isinstance(same, TensorImageDataset) and isinstance(other, TensorImageDataset)
     assert torch.equal(same.images, train.images)
     assert not torch.equal(other.images, train.images)
 
@@ -312,7 +316,7 @@ def test_train_subset_is_class_balanced_and_seeded(cifar10_dir: Path) -> None:
 def test_class_balanced_subset_rejects_short_class() -> None:
     targets = torch.tensor([0] * 10 + [1] * 2)
     with pytest.raises(ValueError, match="needs 4 images of class 1, but only 2"):
-        _class_balanced_subset(targets, 8, 2, torch.Generator().manual_seed(0))
+        class_balanced_subset(targets, 8, 2, torch.Generator().manual_seed(0))
 
 
 # --------------------------------------------------------------------------- batch augmentation
@@ -330,11 +334,12 @@ def _find_windows(out: Tensor, image: Tensor, padding: int) -> list[tuple[int, i
     return found
 
 
-def test_random_crop_flip_is_a_window_of_the_padded_input() -> None:
+def test_crop_flip_is_a_window_of_the_padded_input() -> None:
     images = torch.randint(
         0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
-    out = random_crop_flip(images, padding=4, generator=torch.Generator().manual_seed(1))
+    keys = SampleKeys(1, 0, torch.arange(64))
+    (out,) = CropFlip()(images, keys)
     assert out.shape == (64, 3, 32, 32) and out.dtype == torch.uint8
     params = []
     for i in range(64):
@@ -346,26 +351,40 @@ def test_random_crop_flip_is_a_window_of_the_padded_input() -> None:
     offsets = {(p[0], p[1]) for p in params}
     assert len(offsets) > 20  # per-sample offsets, not one per batch
     assert {p[0] for p in params} >= {0, 8} or {p[1] for p in params} >= {0, 8}
+    # The window is the keyed draw: crop_flip with the same parameters gives the same output.
+    u = keys.uniform(0, 3)  # view 0's stream: dy, dx, flip
+    offsets_t = (u[:, :2] * 9).long()
+    flip_t = u[:, 2] < 0.5
+    assert torch.equal(crop_flip(images, offsets_t, flip_t, padding=4), out)
+    drawn = [(int(o[0]), int(o[1]), bool(f)) for o, f in zip(offsets_t, flip_t, strict=True)]
+    assert drawn == params
 
-    again = random_crop_flip(images, padding=4, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(again, out)
 
-
-def test_random_crop_flip_global_rng_and_padding_zero() -> None:
+def test_crop_flip_views_padding_zero_and_errors() -> None:
     images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
-    torch.manual_seed(5)
-    first = random_crop_flip(images)
-    torch.manual_seed(5)
-    assert torch.equal(random_crop_flip(images), first)
+    keys = SampleKeys(5, 0, torch.arange(32))
+    first, second = CropFlip(num_views=2)(images, keys)
+    assert not torch.equal(first, second)  # the two views draw on their own streams
+    assert torch.equal(CropFlip(num_views=2)(images, keys)[1], second)
 
-    flipped_only = random_crop_flip(images, padding=0, generator=torch.Generator().manual_seed(0))
+    (flipped_only,) = CropFlip(padding=0)(images, keys)
     is_same = (flipped_only == images).flatten(1).all(1)
     is_flip = (flipped_only == images.flip(-1)).flatten(1).all(1)
     assert bool((is_same | is_flip).all()) and is_same.any() and is_flip.any()
+    (never,) = CropFlip(padding=0, flip_prob=0.0)(images, keys)
+    assert torch.equal(never, images)
     with pytest.raises(ValueError, match="padding must be an int >= 0, got -1"):
-        random_crop_flip(images, padding=-1)
-    with pytest.raises(ValueError, match=r"\(B, C, H, W\), got \(3, 8, 8\)"):
-        random_crop_flip(images[0])
+        CropFlip(padding=-1)
+    with pytest.raises(ValueError, match="num_views must be an int >= 1"):
+        CropFlip(num_views=0)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\), got \(3, 8, 8\)"):
+        CropFlip()(images[0], keys)
+    with pytest.raises(ValueError, match="32 images but 4 sample keys"):
+        CropFlip()(images, SampleKeys(0, 0, torch.arange(4)))
+    with pytest.raises(TypeError, match="expects uint8 images"):
+        CropFlip()(images.float(), keys)
+    with pytest.raises(ValueError, match=r"offsets must be \(32, 2\)"):
+        crop_flip(images, torch.zeros(3, 2, dtype=torch.long), torch.zeros(32).bool(), padding=1)
 
 
 def test_normalize_known_values() -> None:
@@ -392,23 +411,26 @@ def test_normalize_known_values() -> None:
 # --------------------------------------------------------------------------- batch hook
 def test_on_after_batch_transfer_eval_and_train(cifar10_dir: Path) -> None:
     dm = _fit_dm(cifar10_dir, batch_size=32, channels_last=True, val_split=0)
-    raw = next(iter(dm.val_dataloader()))
-    assert raw[0].dtype == torch.uint8 and raw[0].shape == (32, 3, 32, 32)
+    dm.setup("fit")
+    raw = next(iter(dm.train_dataloader()))  # keyed: images, targets, samples, positions, epoch
+    assert raw[0].dtype == torch.uint8 and raw[0].shape == (32, 3, 32, 32) and raw[4] == 0
 
     # No trainer attached: evaluation, deterministic.
-    eval_a = dm.on_after_batch_transfer([t.clone() for t in raw], 0)
-    eval_b = dm.on_after_batch_transfer([t.clone() for t in raw], 0)
+    eval_a = dm.on_after_batch_transfer(list(raw), 0)
+    eval_b = dm.on_after_batch_transfer(list(raw), 0)
+    assert len(eval_a) == 2
     assert torch.equal(eval_a[0], eval_b[0])
     torch.testing.assert_close(eval_a[0], normalize(raw[0], CIFAR10_MEAN, CIFAR10_STD))
     assert eval_a[0].is_contiguous(memory_format=torch.channels_last)
     assert eval_a[1].dtype == torch.int64 and torch.equal(eval_a[1], raw[1])
 
     dm.trainer = SimpleNamespace(training=True)  # type: ignore[assignment]
-    torch.manual_seed(0)
-    train = dm.on_after_batch_transfer([t.clone() for t in raw], 0)
+    train = dm.on_after_batch_transfer(list(raw), 0)
+    assert len(train) == 2
     assert train[0].dtype == torch.float32 and train[0].shape == (32, 3, 32, 32)
     assert train[0].is_contiguous(memory_format=torch.channels_last)
     assert not torch.equal(train[0], eval_a[0])
+    assert torch.equal(train[1], raw[1])
     # Undoing the normalisation gives integer pixels: crop/flip ran on uint8, then normalise.
     pixels = (
         train[0] * torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
@@ -416,8 +438,11 @@ def test_on_after_batch_transfer_eval_and_train(cifar10_dir: Path) -> None:
     ) * 255
     torch.testing.assert_close(pixels, pixels.round(), atol=1e-3, rtol=0)
     assert len(_find_windows(pixels[0].round().to(torch.uint8), raw[0][0], padding=4)) == 1
-    torch.manual_seed(0)
-    assert torch.equal(dm.on_after_batch_transfer([t.clone() for t in raw], 0)[0], train[0])
+    # The augmentation is a function of the batch's keys, not of any global state.
+    torch.manual_seed(123)
+    assert torch.equal(dm.on_after_batch_transfer(list(raw), 0)[0], train[0])
+    later = [*raw[:4], 1]  # the same images in epoch 1
+    assert not torch.equal(dm.on_after_batch_transfer(later, 0)[0], train[0])
 
 
 class _RecordingModel(pl.LightningModule):
@@ -466,60 +491,51 @@ def test_trainer_uses_the_datamodule_hook(cifar10_dir: Path) -> None:
     assert not (val_pixels == 0).any()
     # Validation = the 20 held-out training images (default val_split=0.1), in order, only
     # normalised; fit never read the test split.
-    assert isinstance(dm.val_dataset, UInt8ImageDataset) and len(dm.val_dataset) == 20
+    assert isinstance(dm.val_dataset, TensorImageDataset) and len(dm.val_dataset) == 20
     expected = normalize(dm.val_dataset.images, CIFAR10_MEAN, CIFAR10_STD)
     torch.testing.assert_close(model.seen["val"][0], expected)
     assert dm.test_dataset is None
 
 
-def test_pil_path_matches_batch_path_in_eval(cifar10_dir: Path) -> None:
-    fast = _fit_dm(cifar10_dir, batch_size=40, augment="batch", val_split=40)
-    pil = _fit_dm(cifar10_dir, batch_size=40, augment="pil", val_split=40)
-    fast_val = fast.on_after_batch_transfer(next(iter(fast.val_dataloader())), 0)
-    pil_val = pil.on_after_batch_transfer(next(iter(pil.val_dataloader())), 0)
-    assert pil_val[0].dtype == torch.float32
-    torch.testing.assert_close(pil_val[0], fast_val[0], atol=1e-5, rtol=1e-5)
-    assert torch.equal(pil_val[1], fast_val[1])
-
-    images, targets = next(iter(pil.train_dataloader()))
-    assert images.shape == (40, 3, 32, 32) and images.dtype == torch.float32
-    assert targets.dtype == torch.int64
-
-
 # --------------------------------------------------------------------------- loaders
 def test_fast_path_with_worker_processes(cifar10_dir: Path) -> None:
-    pickle.dumps(collate_uint8_batch)
+    pickle.dumps(collate_batch)
     dm = _fit_dm(cifar10_dir, batch_size=64, num_workers=2, drop_last=False, val_split=0)
     batches = list(dm.train_dataloader())
     assert [len(b[1]) for b in batches] == [64, 64, 64, 8]
     assert all(b[0].dtype == torch.uint8 for b in batches)
     targets = torch.cat([b[1] for b in batches])
     assert torch.equal(torch.bincount(targets), torch.full((10,), 20))
+    # Workers do not change the keyed order: the same sample indices as in-process loading.
+    single = _fit_dm(cifar10_dir, batch_size=64, drop_last=False, val_split=0)
+    assert [b[2].tolist() for b in single.train_dataloader()] == [b[2].tolist() for b in batches]
 
 
-def test_distributed_sampler_gives_disjoint_shards(cifar10_dir: Path) -> None:
+def test_training_loader_shards_over_the_trainer_world(cifar10_dir: Path) -> None:
     dm = _fit_dm(cifar10_dir, batch_size=20, val_split=0)  # 100 images, 5 full batches a rank
-    loader = dm.train_dataloader()
-    dataset = loader.dataset
-    assert isinstance(dataset, UInt8ImageDataset)
     shards = []
     for rank in range(2):
-        sampler: DistributedSampler[int] = DistributedSampler(
-            dataset, num_replicas=2, rank=rank, shuffle=True, seed=0
-        )
-        sharded = _update_dataloader(loader, sampler)
-        assert isinstance(sharded, DataLoader) and sharded.collate_fn is collate_uint8_batch
-        images = torch.cat([b[0] for b in sharded])
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)  # type: ignore[assignment]
+        loader = dm.train_dataloader()
+        assert loader.collate_fn is collate_batch
+        images = torch.cat([b[0] for b in loader])
         assert images.shape == (100, 3, 32, 32)
         shards.append(set(_image_keys(images)))
     assert not shards[0] & shards[1]
-    assert shards[0] | shards[1] == set(_image_keys(dataset.images))
+    assert dm.train_dataset is not None
+    assert shards[0] | shards[1] == set(_image_keys(dm.train_dataset.images))
 
 
 def test_collate_accepts_samples_list() -> None:
-    samples = [(torch.zeros(3, 4, 4, dtype=torch.uint8), torch.tensor(k)) for k in range(3)]
-    images, targets = collate_uint8_batch(samples)
+    dataset = TensorImageDataset(
+        torch.zeros(3, 3, 4, 4, dtype=torch.uint8),
+        torch.arange(3),
+        file_indices=torch.tensor([7, 8, 9]),
+    )
+    images, targets, samples, positions, epoch = collate_batch([dataset[k] for k in range(3)])
     assert images.shape == (3, 3, 4, 4) and torch.equal(targets, torch.arange(3))
+    assert torch.equal(samples, torch.tensor([7, 8, 9])) and torch.equal(positions, torch.arange(3))
+    assert epoch == 0
 
 
 # --------------------------------------------------------------------------- download
@@ -557,11 +573,11 @@ def test_jsonargparse_builds_the_datamodule(cifar10_dir: Path) -> None:
     parser = ArgumentParser()
     parser.add_class_arguments(CIFAR10DataModule, "data")
     cfg = parser.parse_args(
-        [f"--data.data_dir={cifar10_dir}", "--data.val_split=0.1", "--data.augment=pil"]
+        [f"--data.data_dir={cifar10_dir}", "--data.val_split=0.1", "--data.view_seed=3"]
     )
     dm = parser.instantiate_classes(cfg).data
-    assert isinstance(dm, CIFAR10DataModule)
-    assert dm.val_split == 0.1 and dm.augment == "pil" and dm.hparams["val_split"] == 0.1
+    assert isinstance(dm, CIFAR10DataModule) and isinstance(dm.transform, CropFlip)
+    assert dm.val_split == 0.1 and dm.view_seed == 3 and dm.hparams["val_split"] == 0.1
 
 
 # --------------------------------------------------------------------------- image folders
@@ -622,22 +638,19 @@ def _unnormalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]
     return images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
 
 
-@pytest.mark.parametrize("augment", ["batch", "pil"])
-def test_cifar_views_batches(cifar10_dir: Path, augment: str) -> None:
+def test_cifar_views_batches(cifar10_dir: Path) -> None:
     views = MultiCropViews(num_local=2)
     dm = _fit_dm(
         cifar10_dir,
         batch_size=16,
-        augment=augment,
-        views=views,
+        transform=views,
         channels_last=True,
         return_indices=True,
         val_split=0,  # validation batches are the test images, known in closed form
     )
-    assert "views" not in dm.hparams and dm.hparams["augment"] == augment
+    assert "transform" not in dm.hparams and dm.transform is views
     raw = next(iter(dm.train_dataloader()))
     dm.trainer = SimpleNamespace(training=True)  # type: ignore[assignment]
-    torch.manual_seed(0)
     crops, targets, indices = dm.on_after_batch_transfer(raw, 0)
     assert isinstance(crops, list) and len(crops) == views.num_views == 4
     assert [tuple(v.shape) for v in crops] == [(16, 3, 32, 32)] * 2 + [(16, 3, 16, 16)] * 2
@@ -652,7 +665,7 @@ def test_cifar_views_batches(cifar10_dir: Path, augment: str) -> None:
     train = dm.train_dataset
     assert train is not None and bool((indices < len(train)).all())
     # The label of each sample is the label of its index.
-    assert torch.equal(targets, torch.as_tensor([train[int(i)][1] for i in indices]))
+    assert torch.equal(targets, train.targets[indices])
 
     # Evaluation batches are unchanged: normalised images, no views.
     dm.trainer = SimpleNamespace(training=False)  # type: ignore[assignment]
@@ -698,7 +711,7 @@ def test_cifar_views_trainer_fit_and_feature_bank_hook(cifar10_dir: Path) -> Non
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     dm = CIFAR10DataModule(
-        data_dir=str(cifar10_dir), batch_size=20, eval_batch_size=64, views=TwoViews()
+        data_dir=str(cifar10_dir), batch_size=20, eval_batch_size=64, transform=TwoViews()
     )
     model = Recorder()
     trainer = pl.Trainer(
@@ -717,25 +730,23 @@ def test_cifar_views_trainer_fit_and_feature_bank_hook(cifar10_dir: Path) -> Non
     bank = torch.cat(model.bank)
     # The bank is the 180 training images, without the 20 held out for validation.
     assert bank.shape == (180, 3, 32, 32) and bank.dtype == torch.float32
-    assert dm.train_dataset is not None and isinstance(dm.train_dataset, UInt8ImageDataset)
+    assert dm.train_dataset is not None and isinstance(dm.train_dataset, TensorImageDataset)
     expected = normalize(dm.train_dataset.images, CIFAR10_MEAN, CIFAR10_STD)
     torch.testing.assert_close(bank, expected)
 
 
-@pytest.mark.parametrize("augment", ["batch", "pil"])
-def test_cifar_feature_bank_covers_the_train_split_once(cifar10_dir: Path, augment: str) -> None:
+def test_cifar_feature_bank_covers_the_train_split_once(cifar10_dir: Path) -> None:
     dm = _fit_dm(
         cifar10_dir,
         batch_size=8,
         eval_batch_size=16,
-        augment=augment,
         val_split=40,
         train_subset=100,
-        views=MultiCropViews(),
+        transform=MultiCropViews(),
         return_indices=True,
     )
     reference = _fit_dm(cifar10_dir, val_split=40, train_subset=100).train_dataset
-    assert isinstance(reference, UInt8ImageDataset)
+    assert isinstance(reference, TensorImageDataset)
     shards = []
     for rank in range(2):
         loader = dm.feature_bank_dataloader(num_replicas=2, rank=rank)
@@ -761,8 +772,8 @@ def test_feature_bank_errors(cifar10_dir: Path, image_folder_dir: Path) -> None:
             dm.feature_bank_dataloader()
         with pytest.raises(ValueError, match="got num_replicas=2, rank=2"):
             dm.feature_bank_dataloader(num_replicas=2, rank=2)
-    with pytest.raises(TypeError, match="views must be a MultiCropViews or None, got str"):
-        CIFAR10DataModule(views="dino")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"BatchTransform .* or None, got str"):
+        CIFAR10DataModule(transform="dino")  # type: ignore[arg-type]
 
 
 def test_image_folder_views_and_feature_bank(image_folder_dir: Path) -> None:
@@ -822,7 +833,7 @@ def test_jsonargparse_builds_views_into_the_datamodule(cifar10_dir: Path) -> Non
         {
             "data": {
                 "data_dir": str(cifar10_dir),
-                "views": {
+                "transform": {
                     "class_path": "lightning_kd.data.MultiCropViews",
                     "init_args": {"num_local": 4, "global_scale": [0.3, 1.0]},
                 },
@@ -830,8 +841,8 @@ def test_jsonargparse_builds_views_into_the_datamodule(cifar10_dir: Path) -> Non
         }
     )
     dm = parser.instantiate_classes(cfg).data
-    assert isinstance(dm.views, MultiCropViews) and dm.views.num_views == 6
-    assert dm.views.global_scale == (0.3, 1.0)
+    assert isinstance(dm.transform, MultiCropViews) and dm.transform.num_views == 6
+    assert dm.transform.global_scale == (0.3, 1.0)
 
 
 # --------------------------------------------------------------------- labeled split files
@@ -851,7 +862,7 @@ def test_labeled_split_file_trains_on_exactly_those_images(
     dm.setup("fit")
     assert dm.train_dataset is not None
     order = chosen.sort().values
-    got_images, got_targets = dm.train_dataset[list(range(6))][:2]  # type: ignore[call-overload]
+    got_images, got_targets = dm.train_dataset.__getitems__(list(range(6)))[:2]
     assert torch.equal(got_targets, targets[order])
     assert torch.equal(got_images, images[order])
 

@@ -1,5 +1,7 @@
 """DINOModule and BYOLModule (SelfDistillationModule): EMA teacher, schedules, center, resume,
-bf16, DDP, errors, embeddings, and an end-to-end run with the online-evaluation callbacks."""
+bf16, DDP, errors, embeddings, and an end-to-end run with the online probe and kNN callback.
+
+The linear probe itself is tested in ``test_linear_probe.py``."""
 
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ from tiny import RecordingLogger, trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lightning_kd.callbacks import KNNEvaluation, OnlineLinearProbe
+from lightning_kd.callbacks import KNNEvaluation
 from lightning_kd.data import CIFAR10DataModule
-from lightning_kd.data.views import MultiCropViews, TwoViews
+from lightning_kd.data.transforms import MultiCropViews, TwoViews
 from lightning_kd.modules.byol import BYOLModule
 from lightning_kd.modules.dino import DINOModule
 from lightning_kd.modules.self_distillation import SelfDistillationModule
@@ -292,8 +294,8 @@ def test_teacher_batchnorm_statistics_follow_its_own_forwards(kind: str) -> None
 class CountingDINO(DINOModule):
     """Records ``(step, momentum)`` of every teacher update."""
 
-    def update_teacher(self, step: int) -> float:
-        tau = super().update_teacher(step)
+    def update_ema(self, step: int) -> float:
+        tau = super().update_ema(step)
         self.updates.append((step, tau))
         return tau
 
@@ -313,8 +315,8 @@ def test_one_teacher_update_per_optimizer_step_with_cosine_momentum() -> None:
     assert steps == [0, 1, 2, 3, 4, 5]
     expected = [0.5, 1 - 0.25 * (1 + SQRT3_2), 0.625, 0.75, 0.875, 1 - 0.25 * (1 - SQRT3_2)]
     assert taus == pytest.approx(expected, abs=1e-12)
-    assert module.momentum_at(6) == 1.0
-    assert module.momentum_at(100) == 1.0
+    assert module.ema_momentum(6) == 1.0
+    assert module.ema_momentum(100) == 1.0
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -459,6 +461,66 @@ def test_center_after_one_step(momentum: float) -> None:
     expected = (1.0 - momentum) * outputs.mean(dim=0, keepdim=True)
     assert expected.abs().max() > 1e-3
     torch.testing.assert_close(module.center.center, expected, rtol=0, atol=1e-6)
+
+
+class PooledConv(nn.Module):
+    """conv, global average pool, no BatchNorm: each image's features depend on that image
+    only, so a batch split in two gives the same teacher outputs as the whole batch (and, in
+    the DDP script, the two ranks' different images keep different teacher outputs)."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.num_features = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x).mean(dim=(2, 3))  # (B, width)
+
+
+class _CenterAfterBatch(Callback):
+    def __init__(self) -> None:
+        self.centers: list[Tensor] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *_: object) -> None:
+        self.centers.append(pl_module.center.center.clone())
+
+
+def test_center_moves_once_per_optimizer_step_with_accumulation() -> None:
+    # Two micro-batches b1, b2 of 4 images (accumulate 2) and one batch b1 + b2 of 8 images
+    # give the same center after one optimizer step: c = m * 0 + (1 - m) * mean over the 16
+    # rows of the initial teacher's outputs on the two global views of the 8 images.
+    # Updating per micro-batch would give (1 - m) (m mean_1 + mean_2) instead.
+    m = 0.5
+    centers = {}
+    teachers = []
+    for name, batch_size, accumulate in (("accumulated", 4, 2), ("whole", 8, 1)):
+        torch.manual_seed(0)
+        module = make_dino(backbone=PooledConv(), center_momentum=m)
+        teachers.append(copy.deepcopy(module.teacher))  # training mode, as in the step
+        record = _CenterAfterBatch()
+        data = data_for(module, batch_size=batch_size)
+        trainer(
+            max_steps=1,
+            accumulate_grad_batches=accumulate,
+            limit_val_batches=0,
+            callbacks=[record],
+        ).fit(module, datamodule=data)
+        assert module.trainer.global_step == 1
+        if accumulate == 2:  # after b1 (no step yet) the center has not moved
+            assert torch.equal(record.centers[0], torch.zeros(1, 8))
+        centers[name] = module.center.center.clone()
+        assert module.center.pending_rows == 0
+    teacher = teachers[0]
+    _assert_equal(_state(teacher), _state(teachers[1]))  # the same initial networks
+    with torch.no_grad():
+        views = [data.views[0][:8], data.views[1][:8]]
+        outputs = teacher(torch.cat(views))  # (16, K)
+        halves = [teacher(torch.cat([v[i : i + 4] for v in views])) for i in (0, 4)]
+    expected = (1.0 - m) * outputs.mean(dim=0, keepdim=True)  # (1, K)
+    per_micro_batch = (1.0 - m) * (m * halves[0].mean(0) + halves[1].mean(0))
+    assert not torch.allclose(expected, per_micro_batch, atol=1e-4)  # the test can tell
+    torch.testing.assert_close(centers["accumulated"], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(centers["whole"], expected, rtol=0, atol=1e-6)
 
 
 def test_teacher_sees_the_global_views_student_all_views() -> None:
@@ -714,7 +776,7 @@ class _NoProbeOutputs(DINOModule):
 
 def test_compute_losses_must_hand_over_probe_outputs() -> None:
     module = make_dino(_NoProbeOutputs)
-    with pytest.raises(RuntimeError, match="must call set_probe_outputs"):
+    with pytest.raises(RuntimeError, match=r"must end with add_probe_losses\(losses, features"):
         trainer(max_steps=1, limit_val_batches=0).fit(module, datamodule=data_for(module))
 
 
@@ -841,6 +903,12 @@ def test_ddp_two_processes_keep_identical_centers_and_teachers(tmp_path: Path) -
     key = "backbone.conv.weight"
     assert not torch.equal(rank0["teacher"][key], rank0["teacher_initial"][key])
     assert not torch.equal(rank0["teacher"][key], rank0["student"][key])
+    # The online probe: one more group of the module's optimizer, so DDP averages its
+    # gradients too; identical on both ranks, and trained (it starts at zero).
+    assert ranks[0]["probe"].keys() == {"linear.weight", "linear.bias"}
+    for key, value in ranks[0]["probe"].items():
+        assert torch.equal(value, ranks[1]["probe"][key]), key
+    assert ranks[0]["probe"]["linear.weight"].abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -852,20 +920,21 @@ def test_end_to_end_on_cifar_with_online_evaluation(kind: str, cifar10_dir: Path
     if kind == "dino":
         views: MultiCropViews = MultiCropViews(num_local=2)
         module: SelfDistillationModule = DINOModule(
-            TinyBackbone(8), out_dim=16, hidden_dim=16, bottleneck_dim=8, head_layers=2
+            TinyBackbone(8),
+            out_dim=16,
+            hidden_dim=16,
+            bottleneck_dim=8,
+            head_layers=2,
+            probe_num_classes=10,
         )
     else:
         views = TwoViews()
-        module = BYOLModule(TinyBackbone(8), projection_dim=8, hidden_dim=16)
-    data = CIFAR10DataModule(str(cifar10_dir), batch_size=50, eval_batch_size=100, views=views)
-    t = trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        callbacks=[KNNEvaluation(k=20), OnlineLinearProbe()],
-    )
+        module = BYOLModule(TinyBackbone(8), projection_dim=8, hidden_dim=16, probe_num_classes=10)
+    data = CIFAR10DataModule(str(cifar10_dir), batch_size=50, eval_batch_size=100, transform=views)
+    t = trainer(max_epochs=1, limit_train_batches=2, callbacks=[KNNEvaluation(k=20)])
     t.fit(module, datamodule=data)
     assert t.global_step == 2
-    for key in ("val/knn_acc", "val/probe_acc", "train/probe_acc"):
+    for key in ("val/knn_acc", "val/probe_acc", "train/probe_acc_epoch"):
         value = t.callback_metrics[key].item()
         assert 0.0 <= value <= 1.0, key
     assert math.isfinite(t.callback_metrics["train/loss_epoch"].item())
@@ -880,7 +949,9 @@ class _NaNFirstStep(Callback):
 
 @pytest.mark.parametrize("kind", ["dino", "byol"])
 def test_skipped_nonfinite_step_moves_neither_network(kind: str) -> None:
-    module = MAKERS[kind](momentum_start=0.5, momentum_end=0.5, nonfinite_loss="skip")
+    module = MAKERS[kind](
+        momentum_start=0.5, momentum_end=0.5, nonfinite_loss="skip", probe_num_classes=4
+    )
     original = module.compute_losses
 
     def compute_losses(batch: Any) -> dict[str, Tensor]:
@@ -891,16 +962,21 @@ def test_skipped_nonfinite_step_moves_neither_network(kind: str) -> None:
 
     module.compute_losses = compute_losses  # type: ignore[method-assign]
     student, teacher = _params(module.student), _params(module.teacher)
-    probe = OnlineLinearProbe(num_classes=4)
+    assert module.probe is not None
+    probe = _params(module.probe)
     with pytest.warns(UserWarning, match="skipping this step"):
         trainer(
             max_steps=1,
             limit_train_batches=1,
             limit_val_batches=0,
-            callbacks=[probe, _NaNFirstStep()],
+            callbacks=[_NaNFirstStep()],
         ).fit(module, datamodule=data_for(module))
     # The only batch was skipped: no optimizer step and no EMA update (Lightning's step
     # counter still counts it, so schedules stay a function of the batches seen).
     assert module.trainer.global_step == 1
     _assert_equal(_params(module.student), student)
     _assert_equal(_params(module.teacher), teacher)
+    _assert_equal(_params(module.probe), probe)
+    if isinstance(module, DINOModule):  # the step's teacher outputs were dropped, not applied
+        assert torch.equal(module.center.center, torch.zeros(1, 8))
+        assert module.center.pending_rows == 0

@@ -8,6 +8,12 @@ any crop (offsets of at most 4) is never padding, so a view's index can be read 
 The default ``val_split=5000`` cannot be held out of 200 images, so tests whose expectations are
 "every training image is in the pool" pass ``val_split=0`` (which validates on the test split and
 warns); the DDP test uses a 5,200-image copy on which the default leaves a 200-image pool.
+
+Training loaders yield keyed batches, ``{"labeled": b, "unlabeled": b}`` with each ``b`` =
+``[images uint8, targets, sample_indices, positions, epoch]``; the samplers yield draw keys that
+:class:`TensorImageDataset` decodes (a labeled image drawn in pass ``p`` of an epoch has sample
+index ``file_index + p * 200`` here, the size of the training file). Views are drawn from
+:class:`SampleKeys` keyed by the stream's seed, the epoch and those sample indices.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from fake_data import write_fake_cifar10
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from ssl_ddp_script import decode_indices
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
 
 from lightning_kd.data import (
     CIFAR10_MEAN,
@@ -39,8 +44,11 @@ from lightning_kd.data import (
     CIFAR10DataModule,
     CIFAR10SSLDataModule,
     CIFAR100SSLDataModule,
-    CIFARSSLDataModuleBase,
+    CropFlip,
     CyclingDistributedSampler,
+    ResumableDataLoader,
+    SemiSupervisedDataModule,
+    TensorImageDataset,
     normalize,
 )
 from lightning_kd.data.cifar_files import CIFAR10_LAYOUT, read_cifar_split, resolve_cifar_dir
@@ -90,14 +98,14 @@ def indexed_5200_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _dm(
-    data_dir: Path, cls: type[CIFARSSLDataModuleBase] = CIFAR10SSLDataModule, **kwargs: Any
-) -> CIFARSSLDataModuleBase:
+    data_dir: Path, cls: type[SemiSupervisedDataModule] = CIFAR10SSLDataModule, **kwargs: Any
+) -> SemiSupervisedDataModule:
     dm = cls(data_dir=str(data_dir), **kwargs)
     dm.setup("fit")
     return dm
 
 
-def _labels_of(dm: CIFARSSLDataModuleBase) -> Tensor:
+def _labels_of(dm: SemiSupervisedDataModule) -> Tensor:
     """The labeled indices of a set-up DataModule."""
     assert dm.labeled_indices is not None
     return dm.labeled_indices
@@ -122,16 +130,29 @@ def _is_crop_flip_of(view: Tensor, image: Tensor, padding: int = 4) -> bool:
     return False
 
 
-def _range_dataset(n: int) -> TensorDataset:
-    """A dataset of length ``n`` (the samplers only use the length)."""
-    return TensorDataset(torch.arange(n))
+def _range_dataset(n: int) -> TensorImageDataset:
+    """``n`` blank images whose file index is their position (the samplers use the length,
+    the dataset decodes their keys)."""
+    return TensorImageDataset(torch.zeros(n, 3, 1, 1, dtype=torch.uint8), torch.zeros(n).long())
 
 
-def _epoch(dm: CIFARSSLDataModuleBase) -> list[dict[str, list[Tensor]]]:
-    """One epoch of training batches, after the transfer hook."""
+def _decode(keys: list[int] | Tensor, n: int) -> tuple[Tensor, Tensor, int]:
+    """Draw keys over a dataset of ``n`` -> ``(positions, passes, epoch)`` as the dataset reads
+    them."""
+    _, _, samples, positions, epoch = _range_dataset(n).__getitems__(torch.as_tensor(keys).tolist())
+    return positions, samples // n, epoch
+
+
+def _raw_epoch(dm: SemiSupervisedDataModule) -> list[dict[str, list[Any]]]:
+    """One epoch of keyed training batches, as the loader yields them."""
     loader = dm.train_dataloader()
     assert isinstance(loader, CombinedLoader)
-    return [dm.on_after_batch_transfer(batch, 0) for batch, _, _ in loader]
+    return [batch for batch, _, _ in loader]
+
+
+def _epoch(dm: SemiSupervisedDataModule) -> list[dict[str, list[Tensor]]]:
+    """One epoch of training batches, after the transfer hook."""
+    return [dm.on_after_batch_transfer(batch, 0) for batch in _raw_epoch(dm)]
 
 
 # --------------------------------------------------------------------------- arguments
@@ -150,10 +171,12 @@ def test_num_classes_and_defaults_without_data() -> None:
         ({"num_labels": 0}, ValueError, "got 0"),
         ({"labeled_batch_size": 0}, ValueError, "labeled_batch_size must be >= 1, got 0"),
         ({"unlabeled_batch_size": -1}, ValueError, "unlabeled_batch_size must be >= 1, got -1"),
-        ({"eval_batch_size": 0}, ValueError, "eval_batch_size must be >= 1, got 0"),
+        ({"eval_batch_size": 0}, ValueError, "eval_batch_size must be >= 1.*got 0"),
         ({"num_workers": -1}, ValueError, "num_workers must be >= 0, got -1"),
-        ({"val_split": -5}, ValueError, "val_split must be >= 0, got -5"),
+        ({"val_split": -5}, ValueError, "val_split.* must be >= 0, got -5"),
         ({"val_split": 0.1}, TypeError, "val_split must be an int count of images, got 0.1"),
+        ({"view_seed": -1}, ValueError, "view_seed must be >= 0 or None, got -1"),
+        ({"transform": "crop"}, TypeError, "transform must be a .*BatchTransform.*got str"),
     ],
 )
 def test_constructor_errors(kwargs: dict[str, Any], error: type, expected: str) -> None:
@@ -162,8 +185,8 @@ def test_constructor_errors(kwargs: dict[str, Any], error: type, expected: str) 
 
 
 def test_base_and_cifar100_errors() -> None:
-    with pytest.raises(TypeError, match="abstract"):
-        CIFARSSLDataModuleBase()
+    with pytest.raises(TypeError, match="SemiSupervisedDataModule is abstract"):
+        SemiSupervisedDataModule()
     with pytest.raises(ValueError, match=r"multiple of the 100 classes of CIFAR-100.*got 4050"):
         CIFAR100SSLDataModule(num_labels=4050)
 
@@ -228,6 +251,72 @@ def test_split_is_balanced_exact_and_seeded(indexed_dir: Path, cifar100_dir: Pat
     assert c100.labeled_indices is not None and c100.labeled_indices.numel() == 200
     fine = torch.arange(300) % 100  # the fake CIFAR-100 labels
     assert torch.equal(torch.bincount(fine[c100.labeled_indices]), torch.full((100,), 2))
+
+
+@pytest.mark.parametrize(
+    ("seed", "val_split", "expected"),
+    [
+        (
+            0,
+            50,
+            [
+                3,
+                9,
+                51,
+                67,
+                82,
+                86,
+                133,
+                135,
+                142,
+                160,
+                164,
+                167,
+                171,
+                179,
+                184,
+                188,
+                190,
+                195,
+                196,
+                198,
+            ],
+        ),
+        (
+            3,
+            0,
+            [
+                3,
+                16,
+                38,
+                42,
+                52,
+                54,
+                81,
+                83,
+                107,
+                119,
+                120,
+                121,
+                130,
+                135,
+                136,
+                158,
+                184,
+                185,
+                187,
+                199,
+            ],
+        ),
+    ],
+)
+def test_seeded_split_is_the_one_earlier_versions_wrote(
+    indexed_dir: Path, seed: int, val_split: int, expected: list[int]
+) -> None:
+    # Labels chosen by the datamodule before the data package was rewritten (label_split.py,
+    # same fake labels i % 10): split files written then must still match a seeded run.
+    dm = _dm(indexed_dir, num_labels=20, seed=seed, val_split=val_split)
+    assert _labels_of(dm).tolist() == expected
 
 
 def test_exclude_labeled_from_unlabeled(indexed_dir: Path) -> None:
@@ -374,7 +463,9 @@ def test_split_file_other_mismatches(indexed_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lists 40 labeled indices, expected num_labels=50"):
         _dm(indexed_dir, num_labels=50, split_file=str(path), val_split=0)
     # Labels from a split made without validation can fall into a later validation split.
-    with pytest.raises(ValueError, match=r"labeled indices fall in the validation split"):
+    with pytest.raises(
+        ValueError, match=r"\d+ of its labeled images fall in the validation split \(val_split=100"
+    ):
         _dm(indexed_dir, num_labels=40, split_file=str(path), val_split=100)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
@@ -386,19 +477,42 @@ def test_split_file_other_mismatches(indexed_dir: Path, tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- training batches
 def test_training_batches_follow_the_contract(indexed_dir: Path) -> None:
-    torch.manual_seed(0)
     dm = _dm(indexed_dir, num_labels=40, labeled_batch_size=8, unlabeled_batch_size=32, val_split=0)
-    assert dm.labeled_indices is not None
-    raw = next(iter(dm.train_dataloader()))[0]
-    assert set(raw) == {"labeled", "unlabeled"}
-    assert raw["labeled"][0].dtype == torch.uint8 and raw["labeled"][0].shape == (8, 3, 32, 32)
+    assert dm.labeled_indices is not None and dm.unlabeled_indices is not None
+    assert isinstance(dm.transform, CropFlip) and dm.transform.num_views == 2  # the default
+    raw_batches = _raw_epoch(dm)
+    assert len(raw_batches) == 200 // 32  # the unlabeled stream defines the epoch, drop_last
 
-    batches = _epoch(dm)
-    assert len(batches) == 200 // 32  # the unlabeled stream defines the epoch, drop_last
+    # Keyed batches: [images uint8, targets, sample indices, positions, epoch] per stream.
+    labeled_samples: list[Tensor] = []
+    for raw in raw_batches:
+        assert set(raw) == {"labeled", "unlabeled"}
+        for name, size, indices in (
+            ("labeled", 8, dm.labeled_indices),
+            ("unlabeled", 32, dm.unlabeled_indices),
+        ):
+            images, targets, samples, positions, epoch = raw[name]
+            assert images.dtype == torch.uint8 and images.shape == (size, 3, 32, 32)
+            assert targets.dtype == samples.dtype == positions.dtype == torch.int64
+            assert epoch == 0
+            # Positions index the stream's dataset, sample indices the training file (plus
+            # 200 per earlier pass of the epoch).
+            assert torch.equal(samples % 200, indices[positions])
+            assert torch.equal(targets, indices[positions] % 10)
+            images_of = torch.from_numpy(_indexed_images(indices[positions].numpy()))
+            assert torch.equal(images, images_of)
+            if name == "labeled":
+                labeled_samples.append(samples)
+            else:
+                assert bool((samples < 200).all())  # one pass
+    # 6 steps of 8 over 40 labeled images: steps 0-4 are pass 0, step 5 starts pass 1.
+    passes = torch.stack(labeled_samples) // 200  # (6, 8)
+    assert torch.equal(passes, torch.tensor([0] * 5 + [1]).view(6, 1).expand(6, 8))
+
     labeled_seen: list[Tensor] = []
     unlabeled_seen: list[Tensor] = []
     same: list[Tensor] = []
-    for batch in batches:
+    for batch in (dm.on_after_batch_transfer(raw, 0) for raw in raw_batches):
         assert set(batch) == {"labeled", "unlabeled"}
         for name, size in (("labeled", 8), ("unlabeled", 32)):
             student, teacher, y = batch[name]
@@ -427,6 +541,93 @@ def test_training_batches_follow_the_contract(indexed_dir: Path) -> None:
     assert torch.cat(same).float().mean() < 0.05
 
 
+def test_the_transform_makes_the_views(indexed_dir: Path) -> None:
+    # Padding 0 and a sure flip: both views of every image are exactly its mirror image.
+    mirror = CropFlip(padding=0, flip_prob=1.0, num_views=2)
+    dm = _dm(
+        indexed_dir,
+        num_labels=40,
+        labeled_batch_size=8,
+        unlabeled_batch_size=32,
+        val_split=0,
+        transform=mirror,
+    )
+    assert dm.transform is mirror
+    batch = dm.on_after_batch_transfer(_raw_epoch(dm)[0], 0)
+    for name in ("labeled", "unlabeled"):
+        student, teacher, _ = batch[name]
+        images = torch.from_numpy(_indexed_images(decode_indices(student).numpy())).float()
+        assert torch.equal(_unnormalize(student), images.flip(-1))
+        assert torch.equal(_unnormalize(teacher), images.flip(-1))
+
+
+def test_views_are_keyed_by_stream_epoch_and_sample(indexed_dir: Path) -> None:
+    dm = _dm(
+        indexed_dir,
+        num_labels=40,
+        labeled_batch_size=8,
+        unlabeled_batch_size=32,
+        val_split=0,
+        view_seed=4,
+    )
+    raw = _raw_epoch(dm)[0]["unlabeled"]
+    views = dm.stream_views(raw, "unlabeled")
+    assert len(views) == 3 and torch.equal(views[2], raw[1])
+    # The same keyed batch gives the same views: they are recomputable.
+    again = dm.stream_views([t.clone() if isinstance(t, Tensor) else t for t in raw], "unlabeled")
+    assert all(torch.equal(a, b) for a, b in zip(views, again, strict=True))
+    # The labeled stream has its own keys: the same images and sample indices get other views
+    # there (a labeled image is also in the unlabeled stream by default).
+    as_labeled = dm.stream_views(raw, "labeled")
+    assert not torch.equal(as_labeled[0], views[0]) and not torch.equal(as_labeled[1], views[1])
+    # Another epoch or another view_seed: other views.
+    next_epoch = dm.stream_views([*raw[:4], 1], "unlabeled")
+    assert not torch.equal(next_epoch[0], views[0])
+    other_seed = _dm(
+        indexed_dir,
+        num_labels=40,
+        labeled_batch_size=8,
+        unlabeled_batch_size=32,
+        val_split=0,
+        view_seed=5,
+    )
+    assert not torch.equal(other_seed.stream_views(raw, "unlabeled")[0], views[0])
+
+
+def test_order_seed_is_view_seed_from_seed_and_run_seed(
+    indexed_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kwargs: dict[str, Any] = {
+        "num_labels": 40,
+        "labeled_batch_size": 8,
+        "unlabeled_batch_size": 32,
+        "val_split": 0,
+    }
+
+    def order(dm: SemiSupervisedDataModule) -> Tensor:
+        return torch.cat([raw["unlabeled"][2] for raw in _raw_epoch(dm)])
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1")
+    dm = _dm(indexed_dir, **kwargs)
+    loader = dm.train_dataloader()
+    assert all(dl.sampler.seed == dm.view_seed for dl in loader.iterables.values())
+    assert all(isinstance(dl, ResumableDataLoader) for dl in loader.iterables.values())
+    first = order(dm)
+    assert torch.equal(order(_dm(indexed_dir, **kwargs)), first)  # the same run seed
+    # Every process of a run shares PL_GLOBAL_SEED (seed_everything), hence the order; another
+    # run seed or split seed gives another order.
+    monkeypatch.setenv("PL_GLOBAL_SEED", "2")
+    assert not torch.equal(order(_dm(indexed_dir, **kwargs)), first)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1")
+    assert not torch.equal(order(_dm(indexed_dir, seed=1, **kwargs)), first)
+    # An explicit view_seed decides alone.
+    fixed = _dm(indexed_dir, view_seed=9, **kwargs)
+    fixed_order = order(fixed)
+    assert not torch.equal(fixed_order, first)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    assert fixed.view_seed == 9 and torch.equal(order(fixed), fixed_order)
+
+
 def test_streams_reshuffle_per_pass_and_per_epoch(indexed_dir: Path) -> None:
     dm = _dm(indexed_dir, num_labels=40, labeled_batch_size=8, unlabeled_batch_size=32, val_split=0)
     loader = dm.train_dataloader()
@@ -437,21 +638,33 @@ def test_streams_reshuffle_per_pass_and_per_epoch(indexed_dir: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(epoch0, again, strict=True))  # deterministic
     for sampler in samplers.values():
         sampler.set_epoch(1)
-    epoch1 = [torch.stack([b[0][n][0] for b in loader]) for n in ("labeled", "unlabeled")]
+    epoch1_batches = [b[0] for b in loader]
+    assert {b[n][4] for b in epoch1_batches for n in ("labeled", "unlabeled")} == {1}
+    epoch1 = [torch.stack([b[n][0] for b in epoch1_batches]) for n in ("labeled", "unlabeled")]
     assert not any(torch.equal(a, b) for a, b in zip(epoch0, epoch1, strict=True))
 
-    # Labeled passes are fresh permutations: 2.5 passes of 40 in 100 draws.
+    # Labeled passes are fresh permutations: 2.4 passes of 40 in 96 draws.
     stream = CyclingDistributedSampler(_range_dataset(40), batch_size=8, num_batches=12, salt=1)
-    order = torch.tensor(list(stream))
-    passes = [order[:40], order[40:80]]
-    assert all(torch.equal(p.sort().values, torch.arange(40)) for p in passes)
-    assert not torch.equal(passes[0], passes[1])
-    assert len(stream) == 96 == order.numel()
+    positions, passes, epoch = _decode(list(stream), 40)
+    assert len(stream) == 96 == positions.numel() and epoch == 0
+    assert torch.equal(passes, torch.tensor([0] * 40 + [1] * 40 + [2] * 16))
+    first, second = positions[:40], positions[40:80]
+    assert torch.equal(first.sort().values, torch.arange(40))
+    assert torch.equal(second.sort().values, torch.arange(40))
+    assert not torch.equal(first, second)
+    assert positions[80:].unique().numel() == 16  # the partial third pass repeats nothing
+    # Another salt (the other stream) orders the same set differently.
+    other = CyclingDistributedSampler(_range_dataset(40), batch_size=8, num_batches=12, salt=2)
+    assert not torch.equal(_decode(list(other), 40)[0], positions)
+    # set_epoch: a new order, and keys that say their epoch.
+    stream.set_epoch(3)
+    positions3, _, epoch3 = _decode(list(stream), 40)
+    assert epoch3 == 3 and not torch.equal(positions3, positions)
 
 
 def test_sampler_shards_two_ranks() -> None:
     def ranks(n: int, batch_size: int, num_batches: int) -> list[Tensor]:
-        """Each rank's indices for epoch 0, shaped (num_batches, batch_size)."""
+        """Each rank's positions for epoch 0, shaped (num_batches, batch_size)."""
         out = []
         for rank in (0, 1):
             sampler = CyclingDistributedSampler(
@@ -462,19 +675,28 @@ def test_sampler_shards_two_ranks() -> None:
                 rank=rank,
                 seed=5,
             )
-            out.append(torch.tensor(list(sampler)).view(num_batches, batch_size))
+            assert len(sampler) == num_batches * batch_size
+            positions, _, _ = _decode(list(sampler), n)
+            out.append(positions.view(num_batches, batch_size))
         return out
 
     # One pass (unlabeled stream): the ranks' epochs are disjoint.
     r0, r1 = ranks(200, 16, 200 // 32)
     assert r0.shape == r1.shape == (6, 16)
     assert torch.cat([r0, r1]).unique().numel() == 192
-    # Several passes (labeled stream): every step's draws are distinct over both ranks, and
-    # the first 5 steps (one pass of 40) cover the set once.
+    # Several passes (labeled stream): every step's draws are distinct images over both
+    # ranks, and the first 5 steps (one pass of 40) cover the set once.
     r0, r1 = ranks(40, 4, 12)
     steps = torch.cat([r0, r1], dim=1)  # (12, 8)
     assert all(step.unique().numel() == 8 for step in steps)
     assert torch.equal(steps[:5].flatten().sort().values, torch.arange(40))
+    # The ranks' shards are blocks of one global stream that both compute alone.
+    sampler = CyclingDistributedSampler(
+        _range_dataset(40), batch_size=4, num_batches=12, num_replicas=2, seed=5
+    )
+    stream = sampler.global_stream()  # (12, 2, 4) keys
+    assert stream.shape == (12, 2, 4)
+    assert torch.equal(_decode(stream.flatten(), 40)[0].view(12, 8), steps)
 
     with pytest.raises(ValueError, match="has 7 images, fewer than one global step of batch_size"):
         CyclingDistributedSampler(_range_dataset(7), batch_size=4, num_batches=1, num_replicas=2)
@@ -622,7 +844,10 @@ def test_worker_processes_give_the_same_batches(indexed_dir: Path) -> None:
     workers = _dm(indexed_dir, num_workers=1, **kwargs).train_dataloader()
     for (a, _, _), (b, _, _) in zip(in_process, workers, strict=True):
         for name in ("labeled", "unlabeled"):
-            assert torch.equal(a[name][0], b[name][0]) and torch.equal(a[name][1], b[name][1])
+            images, targets, samples, positions, epoch = b[name]
+            assert torch.equal(a[name][0], images) and torch.equal(a[name][1], targets)
+            assert torch.equal(a[name][2], samples) and torch.equal(a[name][3], positions)
+            assert a[name][4] == epoch == 0
 
 
 def test_jsonargparse_builds_the_datamodule(indexed_dir: Path) -> None:
@@ -631,8 +856,18 @@ def test_jsonargparse_builds_the_datamodule(indexed_dir: Path) -> None:
     parser = ArgumentParser()
     parser.add_class_arguments(CIFAR100SSLDataModule, "data")
     cfg = parser.parse_args(
-        [f"--data.data_dir={indexed_dir}", "--data.num_labels=10000", "--data.split_file=s.json"]
+        [
+            f"--data.data_dir={indexed_dir}",
+            "--data.num_labels=10000",
+            "--data.split_file=s.json",
+            "--data.view_seed=5",
+            '--data.transform={"class_path": "lightning_kd.data.CropFlip", '
+            '"init_args": {"padding": 2, "num_views": 2}}',
+        ]
     )
     dm = parser.instantiate_classes(cfg).data
     assert isinstance(dm, CIFAR100SSLDataModule) and dm.num_classes == 100
     assert dm.split_file == "s.json" and dm.hparams["num_labels"] == 10000
+    assert dm.view_seed == 5 and dm.hparams["view_seed"] == 5
+    assert isinstance(dm.transform, CropFlip) and dm.transform.padding == 2
+    assert "transform" not in dm.hparams  # recorded by the CLI config, not the hparams

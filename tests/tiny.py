@@ -103,3 +103,18 @@ class RecordingLogger(Logger):
 
     def keys(self) -> set[str]:
         return {k for _, m in self.metrics for k in m}
+
+
+class SigintAtStep(L.Callback):
+    """Sends this process SIGINT (as Ctrl-C would; or ``signum``) once ``step`` optimizer steps
+    are done."""
+
+    def __init__(self, step: int, signum: int = 2) -> None:
+        self.step = step
+        self.signum = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            import os
+
+            os.kill(os.getpid(), self.signum)

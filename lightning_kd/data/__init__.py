@@ -1,6 +1,6 @@
-"""Data: CIFAR and image-folder DataModules, batched tensor augmentation, multi-view crops."""
+"""Data: one datamodule family (CIFAR, semi-supervised CIFAR, image folders), keyed batch
+transforms, splits and resumable samplers."""
 
-from lightning_kd.data.batch_augment import normalize, normalize_constants, random_crop_flip
 from lightning_kd.data.cifar import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -8,19 +8,26 @@ from lightning_kd.data.cifar import (
     CIFAR100_STD,
     CIFAR10DataModule,
     CIFAR100DataModule,
-    CIFARDataModuleBase,
-    PILImageDataset,
-    UInt8ImageDataset,
-    collate_uint8_batch,
 )
+from lightning_kd.data.datamodule import ImageDataModule
+from lightning_kd.data.datasets import TensorImageDataset, collate_batch
 from lightning_kd.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataModule
+from lightning_kd.data.keyed_random import SampleKeys, epoch_permutation
+from lightning_kd.data.ops import normalize, normalize_constants
+from lightning_kd.data.samplers import CyclingDistributedSampler, EpochSampler, ResumableDataLoader
 from lightning_kd.data.semi_supervised import (
     CIFAR10SSLDataModule,
     CIFAR100SSLDataModule,
-    CIFARSSLDataModuleBase,
-    CyclingDistributedSampler,
+    SemiSupervisedDataModule,
 )
-from lightning_kd.data.views import MultiCropViews, NormalizedViews, TwoViews
+from lightning_kd.data.strong_augment import RandAugmentView, StrongAugment
+from lightning_kd.data.transforms import (
+    BatchTransform,
+    CropFlip,
+    MultiCropViews,
+    NormalizedViews,
+    TwoViews,
+)
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -29,21 +36,27 @@ __all__ = [
     "CIFAR100_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "BatchTransform",
     "CIFAR10DataModule",
     "CIFAR10SSLDataModule",
     "CIFAR100DataModule",
     "CIFAR100SSLDataModule",
-    "CIFARDataModuleBase",
-    "CIFARSSLDataModuleBase",
+    "CropFlip",
     "CyclingDistributedSampler",
+    "EpochSampler",
+    "ImageDataModule",
     "ImageFolderDataModule",
     "MultiCropViews",
     "NormalizedViews",
-    "PILImageDataset",
+    "RandAugmentView",
+    "ResumableDataLoader",
+    "SampleKeys",
+    "SemiSupervisedDataModule",
+    "StrongAugment",
+    "TensorImageDataset",
     "TwoViews",
-    "UInt8ImageDataset",
-    "collate_uint8_batch",
+    "collate_batch",
+    "epoch_permutation",
     "normalize",
     "normalize_constants",
-    "random_crop_flip",
 ]

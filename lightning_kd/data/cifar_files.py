@@ -20,7 +20,7 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "CIFAR10_LAYOUT",
     "CIFAR100_LAYOUT",
+    "CIFARFiles",
     "CifarLayout",
     "find_cifar_dir",
     "load_cifar_pickle",
@@ -295,3 +296,58 @@ def read_cifar_class_names(batches_dir: Path, layout: CifarLayout) -> list[str]:
             f"{path}: {layout.names_key!r} should list {layout.num_classes} class names, got {got}"
         )
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+class CIFARFiles:
+    """The CIFAR files of a datamodule: a mixin that reads them and names their classes.
+
+    For :class:`~lightning_kd.data.datamodule.ImageDataModule` subclasses that set
+    :attr:`layout` (a class attribute) and have ``data_dir`` and ``download``. It provides
+    ``num_classes``, ``class_names``, ``dataset_name``, ``read_split`` and the download in
+    ``prepare_data``.
+    """
+
+    layout: ClassVar[CifarLayout]
+    data_dir: str
+    download: bool
+    _class_names: list[str] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (10 or 100)."""
+        return self.layout.num_classes
+
+    @property
+    def dataset_name(self) -> str:
+        """``"CIFAR-10"`` or ``"CIFAR-100"``."""
+        return self.layout.name
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names from the meta file, indexed by label (reads the file on first use)."""
+        if self._class_names is None:
+            folder = resolve_cifar_dir(self.data_dir, self.layout)
+            self._class_names = read_cifar_class_names(folder, self.layout)
+        return self._class_names
+
+    def read_split(self, *, train: bool) -> tuple[Tensor, Tensor]:
+        """The training or test file: ``uint8 (N, 3, 32, 32)`` images, int64 ``(N,)`` labels."""
+        folder = resolve_cifar_dir(self.data_dir, self.layout)
+        return read_cifar_split(folder, self.layout, train=train)
+
+    def prepare_data(self) -> None:
+        """Download through torchvision when ``download=True`` and the files are missing.
+
+        Lightning calls this on one process per node. The downloaded folder is afterwards
+        read like any other copy (see ``setup``).
+        """
+        if not self.download or find_cifar_dir(self.data_dir, self.layout) is not None:
+            return
+        from torchvision import datasets
+
+        root = Path(self.data_dir).expanduser()
+        if root.name == self.layout.folder:
+            root = root.parent
+        dataset_cls = getattr(datasets, self.layout.torchvision_class)
+        for train in (True, False):
+            dataset_cls(root=str(root), train=train, download=True)

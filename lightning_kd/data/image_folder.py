@@ -7,25 +7,39 @@ Expected layout::
       val/<class_name>/<image>...
 
 Class indices follow the sorted class-folder names, which must be the same in ``train`` and
-``val``. Images are decoded with PIL and transformed per sample in the DataLoader workers.
-With ``views`` (a :class:`~lightning_kd.data.views.MultiCropViews`), training samples are lists
-of normalised views for label-free self-distillation (DINO, BYOL).
+``val``. Images are decoded with PIL and transformed per sample in the DataLoader workers
+(files must be decoded one by one anyway). With ``views`` (a
+:class:`~lightning_kd.data.transforms.MultiCropViews`), training samples are lists of
+normalised views for label-free self-distillation (DINO, BYOL).
+
+Reproducible views: the training order comes from
+:class:`~lightning_kd.data.samplers.EpochSampler` (a pure function of ``(view_seed, epoch)``
+and the rank) and each training sample's torchvision transforms run under torch's CPU RNG
+seeded with :func:`~lightning_kd.data.keyed_random.sample_seed` of ``(view_seed, epoch,
+index)``, so a sample's views do not depend on batch, worker or process, and the loader
+resumes mid-epoch exactly (:class:`~lightning_kd.data.samplers.ResumableDataLoader`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from typing_extensions import override
 
+from lightning_kd.data.datasets import REPEAT_BITS
 from lightning_kd.data.feature_bank import bank_shard, check_shard
-from lightning_kd.data.views import MultiCropViews, NormalizedViews
+from lightning_kd.data.keyed_random import sample_seed
+from lightning_kd.data.samplers import EpochSampler, ResumableDataLoader
+from lightning_kd.data.transforms import MultiCropViews, NormalizedViews
+from lightning_kd.distributed import world_size_and_rank
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -91,8 +105,13 @@ class ImageFileDataset(Dataset[tuple[Any, ...]]):
     Args:
         samples: ``(path, class_index)`` pairs.
         transform: Callable from a PIL image to a float tensor ``(3, H, W)`` (or to a list of
-            them, e.g. :class:`~lightning_kd.data.views.NormalizedViews`).
+            them, e.g. :class:`~lightning_kd.data.transforms.NormalizedViews`).
         return_indices: also return each sample's index (for per-sample state, e.g. CRD).
+        seed: With a seed, items are requested by draw keys
+            (:func:`~lightning_kd.data.datasets.draw_key`, from
+            :class:`~lightning_kd.data.samplers.EpochSampler`) and ``transform`` runs under
+            torch's CPU RNG seeded with ``sample_seed(seed, epoch, index)``; ``None`` takes
+            plain indices and leaves the RNG alone (evaluation).
     """
 
     def __init__(
@@ -101,22 +120,32 @@ class ImageFileDataset(Dataset[tuple[Any, ...]]):
         transform: Any,
         *,
         return_indices: bool = False,
+        seed: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.return_indices = return_indices
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
+    def __getitem__(self, key: int) -> tuple[Any, ...]:
         """One sample: transformed image ``(3, H, W)``, its class index (and its index)."""
+        n = len(self.samples)
+        index, epoch = key % n, (key // n) >> REPEAT_BITS
         path, target = self.samples[index]
         with Image.open(path) as image:
             rgb = image.convert("RGB")
+        if self.seed is None:
+            x = self.transform(rgb)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                x = self.transform(rgb)
         if self.return_indices:
-            return self.transform(rgb), target, index
-        return self.transform(rgb), target
+            return x, target, index
+        return x, target
 
 
 class ImageFolderDataModule(LightningDataModule):
@@ -141,11 +170,13 @@ class ImageFolderDataModule(LightningDataModule):
         return_indices: Training batches also carry each image's index in the training set,
             ``(images, targets, indices)`` (for per-sample state, e.g. CRD).
         views: Multi-view augmentation for label-free self-distillation (e.g.
-            :meth:`~lightning_kd.data.views.MultiCropViews.imagenet`). It replaces the
+            :meth:`~lightning_kd.data.transforms.MultiCropViews.imagenet`). It replaces the
             training pipeline: training batches become ``[views, targets]`` (plus indices),
             ``views`` a list of ``views.num_views`` float32 tensors ``(B, 3, s, s)``
             normalised with ``mean``/``std``. Evaluation batches are unchanged. Not stored in
             ``hparams`` (the CLI records it in its config).
+        view_seed: Seed of the training order and augmentations; ``None`` uses the run's
+            seed (``PL_GLOBAL_SEED``, set by ``seed_everything``).
 
     Raises:
         ValueError: If a size or count is out of range, or mean/std do not have 3 entries.
@@ -165,6 +196,7 @@ class ImageFolderDataModule(LightningDataModule):
         pin_memory: bool = False,
         return_indices: bool = False,
         views: MultiCropViews | None = None,
+        view_seed: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -194,6 +226,7 @@ class ImageFolderDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.return_indices = return_indices
         self.views = views
+        self._view_seed = view_seed
         self.train_dataset: ImageFileDataset | None = None
         self.val_dataset: ImageFileDataset | None = None
         self._scan: tuple[list[str], list[tuple[Path, int]], list[tuple[Path, int]]] | None = None
@@ -225,6 +258,13 @@ class ImageFolderDataModule(LightningDataModule):
     def num_classes(self) -> int:
         """Number of class folders."""
         return len(self.classes)
+
+    @property
+    def view_seed(self) -> int:
+        """Seed of the training order and augmentations (``view_seed``, else the run's seed)."""
+        if self._view_seed is not None:
+            return self._view_seed
+        return int(os.environ.get("PL_GLOBAL_SEED", 0)) % 2**32
 
     def train_transform(self) -> transforms.Compose | NormalizedViews:
         """Per-sample training pipeline: PIL image -> float tensor ``(3, S, S)``, or with
@@ -261,7 +301,10 @@ class ImageFolderDataModule(LightningDataModule):
         _, train_samples, val_samples = self._scan_tree()
         if stage == "fit" and self.train_dataset is None:
             self.train_dataset = ImageFileDataset(
-                train_samples, self.train_transform(), return_indices=self.return_indices
+                train_samples,
+                self.train_transform(),
+                return_indices=self.return_indices,
+                seed=self.view_seed,
             )
         if self.val_dataset is None:
             self.val_dataset = ImageFileDataset(val_samples, self.eval_transform())
@@ -277,11 +320,33 @@ class ImageFolderDataModule(LightningDataModule):
                 f"{self.batch_size}; the training loader drops the last incomplete batch and "
                 "would yield none, so lower batch_size"
             )
+        if train:
+            trainer = self.trainer
+            world_size, rank = (
+                (trainer.world_size, trainer.global_rank)
+                if trainer is not None
+                else world_size_and_rank()
+            )
+            sampler = EpochSampler(
+                dataset,
+                seed=self.view_seed,
+                num_replicas=world_size,
+                rank=rank,
+                batch_size=self.batch_size,
+            )
+            return ResumableDataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train,
+            batch_size=self.eval_batch_size,
+            shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
@@ -289,7 +354,8 @@ class ImageFolderDataModule(LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader[Any]:
-        """Shuffled training batches; the last incomplete batch is dropped."""
+        """Training batches in the keyed order (:class:`EpochSampler`), sharded over the DDP
+        processes; the last incomplete batch is dropped."""
         return self._loader(self.train_dataset, train=True)
 
     @override

@@ -1,16 +1,26 @@
-"""Batched image augmentation and normalisation on tensors.
+"""Batched image operations and normalisation on tensors, with explicit parameters.
+
+Every operation takes its random parameters as tensors (one row per sample) and draws
+nothing itself: the batch transforms (:mod:`lightning_kd.data.transforms`) compute those
+parameters from :class:`~lightning_kd.data.keyed_random.SampleKeys`.
 
 These functions work on a whole batch at once, on whatever device the batch lives on, with no
 Python loop over samples. They replace per-sample torchvision pipelines for data that already
 sits in memory as one tensor:
 
-* :func:`random_crop_flip` is ``RandomCrop(32, padding=4) -> RandomHorizontalFlip`` on ``uint8``;
-* :func:`random_resized_crop_boxes` and :func:`crop_resize` are ``RandomResizedCrop``;
+* :func:`crop_flip` is ``RandomCrop(32, padding=4) -> RandomHorizontalFlip`` on ``uint8``;
+* :func:`resized_crop_boxes` and :func:`crop_resize` are ``RandomResizedCrop``;
 * :func:`color_jitter` (with :func:`adjust_brightness`, :func:`adjust_contrast`,
   :func:`adjust_saturation`, :func:`adjust_hue`), :func:`rgb_to_grayscale`,
   :func:`gaussian_blur` and :func:`solarize` are the photometric transforms of
   ``ColorJitter``, ``RandomGrayscale``, ``GaussianBlur`` and ``RandomSolarize``, each with its
   own parameters per sample. They take float images in ``[0, 1]``.
+
+Where kornia has the same operation with per-sample parameters and it is not slower, it is
+used (contrast, grayscale, solarise); our own versions stay where they were measured faster
+or kornia's computes something else (``benchmarks/results/kornia_ops.md``: brightness,
+saturation, hue, blur and the pad-and-crop are faster here; kornia's ``crop_and_resize``
+samples without antialiasing, unlike ``roi_align``'s bin averages).
 """
 
 from __future__ import annotations
@@ -18,24 +28,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
 __all__ = [
+    "CROP_ATTEMPTS",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
     "color_jitter",
+    "crop_flip",
     "crop_resize",
     "gaussian_blur",
     "hsv_to_rgb",
     "normalize",
     "normalize_constants",
-    "random_crop_flip",
-    "random_resized_crop_boxes",
+    "resized_crop_boxes",
     "rgb_to_grayscale",
     "rgb_to_hsv",
     "solarize",
@@ -52,45 +64,46 @@ def _check_batch(images: Tensor, name: str = "images") -> None:
         raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(images.shape)}")
 
 
-def random_crop_flip(
-    images_uint8: Tensor, *, padding: int = 4, generator: torch.Generator | None = None
-) -> Tensor:
-    """Random crop after zero padding, then random horizontal flip, drawn per sample.
+def crop_flip(images: Tensor, offsets: Tensor, flip: Tensor, *, padding: int) -> Tensor:
+    """Crop each image at its own offset after zero padding, then flip the selected ones.
 
-    Each sample gets its own crop offset ``(dy, dx)``, uniform in ``[0, 2 * padding]`` each,
-    and is flipped left-right with probability 0.5: the same distribution as torchvision's
-    ``RandomCrop(H, padding=padding)`` followed by ``RandomHorizontalFlip()``, with zero fill.
-    The crop and flip are done by one ``gather`` over the padded batch.
+    ``offsets`` uniform in ``[0, 2 * padding]`` and ``flip`` with probability 0.5 give the
+    distribution of torchvision's ``RandomCrop(H, padding=padding)`` followed by
+    ``RandomHorizontalFlip()`` with zero fill. The crop and flip are one ``gather`` over the
+    padded batch.
 
     Args:
-        images_uint8: Batch ``(B, C, H, W)``, normally ``uint8`` (any dtype works). Output
-            windows have the input's size ``H x W``.
+        images: Batch ``(B, C, H, W)``, normally ``uint8`` (any dtype works). Output windows
+            have the input's size ``H x W``.
+        offsets: int64 ``(B, 2)``: ``(dy, dx)`` of each window in the padded image, each in
+            ``[0, 2 * padding]``.
+        flip: bool ``(B,)``: which samples are flipped left-right.
         padding: Zero padding added on every side before cropping; ``0`` means flip only.
-        generator: Source of randomness; must live on ``images_uint8.device``. ``None`` uses
-            torch's global RNG for that device, so ``seed_everything`` makes runs repeatable.
 
     Returns:
         Tensor ``(B, C, H, W)`` of the input's dtype and device (contiguous) where
         ``out[i] = flip_i(pad(images)[i, :, dy_i:dy_i + H, dx_i:dx_i + W])``.
 
     Raises:
-        TypeError: If ``images_uint8`` is not a tensor.
-        ValueError: If it is not 4-D or ``padding`` is negative.
+        TypeError: If ``images`` is not a tensor.
+        ValueError: If it is not 4-D, ``padding`` is negative or the parameters do not have
+            one row per sample.
     """
-    _check_batch(images_uint8, "images_uint8")
+    _check_batch(images, "images")
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-    b, c, h, w = images_uint8.shape
-    device = images_uint8.device
-    # Draw order: offsets then flips, both on the batch's device.
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), device=device, generator=generator)
-    flip = torch.randint(0, 2, (b,), device=device, generator=generator).bool()  # (B,)
-
-    padded = F.pad(images_uint8.contiguous(), (padding, padding, padding, padding))
+    b, c, h, w = images.shape
+    if offsets.shape != (b, 2) or flip.shape != (b,):
+        raise ValueError(
+            f"offsets must be ({b}, 2) and flip ({b},), got {tuple(offsets.shape)} and "
+            f"{tuple(flip.shape)}"
+        )
+    device = images.device
+    padded = F.pad(images.contiguous(), (padding, padding, padding, padding))
     wp = w + 2 * padding
     cols = torch.arange(w, device=device)
-    cols = torch.where(flip[:, None], w - 1 - cols, cols) + offsets[1, :, None]  # (B, W)
-    rows = torch.arange(h, device=device) + offsets[0, :, None]  # (B, H)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + offsets[:, 1, None]  # (B, W)
+    rows = torch.arange(h, device=device) + offsets[:, 0, None]  # (B, H)
     index = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w)  # (B, 1, H*W)
     out = padded.reshape(b, c, -1).gather(2, index.expand(b, c, h * w))  # (B, C, H*W)
     return out.view(b, c, h, w)
@@ -174,51 +187,54 @@ def _check_range(name: str, value: Sequence[float], *, upper: float | None) -> t
     return lo, hi
 
 
-def random_resized_crop_boxes(
-    num: int,
+#: Attempts per box of torchvision's ``RandomResizedCrop.get_params``.
+CROP_ATTEMPTS = 10
+
+
+def resized_crop_boxes(
+    draws: Tensor,
     height: int,
     width: int,
     *,
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3.0 / 4.0, 4.0 / 3.0),
-    device: torch.device | str | None = None,
-    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Draw ``num`` crop boxes as torchvision's ``RandomResizedCrop.get_params`` does.
+    """Crop boxes as torchvision's ``RandomResizedCrop.get_params`` draws them, from given
+    uniform numbers.
 
-    For each box, up to 10 attempts draw an area fraction uniform in ``scale`` and a log aspect
-    ratio (width / height) uniform in ``log(ratio)``; the first attempt whose rounded size
-    ``(h, w)`` fits in the image is kept and placed at an offset uniform over the valid integer
-    positions. A box with no fitting attempt is the largest centred box whose aspect ratio is
-    clipped to ``ratio``. All boxes are drawn at once, without a Python loop.
+    For each box, up to :data:`CROP_ATTEMPTS` attempts take an area fraction uniform in
+    ``scale`` and a log aspect ratio (width / height) uniform in ``log(ratio)``; the first
+    attempt whose rounded size ``(h, w)`` fits in the image is kept and placed at an offset
+    uniform over the valid integer positions. A box with no fitting attempt is the largest
+    centred box whose aspect ratio is clipped to ``ratio``. No Python loop over boxes.
 
     Args:
-        num: Number of boxes ``N``.
+        draws: float ``(N, 2 * CROP_ATTEMPTS + 2)`` uniforms in ``[0, 1)``: area fractions,
+            then log ratios of the attempts, then the vertical and horizontal offsets.
         height: Image height ``H`` in pixels.
         width: Image width ``W`` in pixels.
         scale: ``(min, max)`` fraction of the image area, ``0 < min <= max <= 1``.
         ratio: ``(min, max)`` aspect ratio (width / height), ``0 < min <= max``.
-        device: Where to draw and return the boxes.
-        generator: Source of randomness on ``device``; ``None`` uses torch's global RNG.
 
     Returns:
         float32 ``(N, 4)`` boxes ``(x1, y1, x2, y2)`` in pixel-edge coordinates: the box covers
-        pixels ``x1 .. x2 - 1`` and ``y1 .. y2 - 1`` (all integers).
+        pixels ``x1 .. x2 - 1`` and ``y1 .. y2 - 1`` (all integers), on ``draws``' device.
 
     Raises:
-        ValueError: If a size is not positive or ``scale`` / ``ratio`` is out of range.
+        ValueError: If a size is not positive, ``draws`` has the wrong shape or ``scale`` /
+            ``ratio`` is out of range.
     """
-    if num < 0 or height < 1 or width < 1:
-        raise ValueError(f"need num >= 0 and height, width >= 1, got {num}, {height}, {width}")
+    attempts = CROP_ATTEMPTS
+    if draws.dim() != 2 or draws.shape[1] != 2 * attempts + 2:
+        raise ValueError(f"draws must be (N, {2 * attempts + 2}), got {tuple(draws.shape)}")
+    if height < 1 or width < 1:
+        raise ValueError(f"need height, width >= 1, got {height}, {width}")
     s_lo, s_hi = _check_range("scale", scale, upper=1.0)
     r_lo, r_hi = _check_range("ratio", ratio, upper=None)
-    attempts = 10
     area = float(height * width)
-    target = torch.empty(num, attempts, device=device).uniform_(s_lo, s_hi, generator=generator)
-    log_ratio = torch.empty(num, attempts, device=device).uniform_(
-        math.log(r_lo), math.log(r_hi), generator=generator
-    )
-    aspect = torch.exp(log_ratio)  # (N, 10)
+    target = s_lo + (s_hi - s_lo) * draws[:, :attempts]  # (N, 10)
+    log_lo, log_hi = math.log(r_lo), math.log(r_hi)
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * draws[:, attempts : 2 * attempts])
     w = torch.round(torch.sqrt(target * area * aspect))  # (N, 10)
     h = torch.round(torch.sqrt(target * area / aspect))
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (N, 10)
@@ -237,12 +253,12 @@ def random_resized_crop_boxes(
     ok = fits.any(dim=1)  # (N,)
     w = torch.where(ok, w, torch.full_like(w, fw))
     h = torch.where(ok, h, torch.full_like(h, fh))
-    u = torch.rand(2, num, device=device, generator=generator)  # (2, N)
+    u_top, u_left = draws[:, 2 * attempts], draws[:, 2 * attempts + 1]
     top = torch.where(
-        ok, torch.floor(u[0] * (height - h + 1)), torch.full_like(h, (height - fh) // 2)
+        ok, torch.floor(u_top * (height - h + 1)), torch.full_like(h, (height - fh) // 2)
     )
     left = torch.where(
-        ok, torch.floor(u[1] * (width - w + 1)), torch.full_like(w, (width - fw) // 2)
+        ok, torch.floor(u_left * (width - w + 1)), torch.full_like(w, (width - fw) // 2)
     )
     return torch.stack([left, top, left + w, top + h], dim=1)  # (N, 4)
 
@@ -258,7 +274,7 @@ def crop_resize(images: Tensor, boxes: Tensor, size: int, *, batch_index: Tensor
     Args:
         images: float images ``(B, C, H, W)``.
         boxes: ``(N, 4)`` boxes ``(x1, y1, x2, y2)`` in pixel-edge coordinates (see
-            :func:`random_resized_crop_boxes`).
+            :func:`resized_crop_boxes`).
         size: Side of the output crops.
         batch_index: int64 ``(N,)``: which image each box is cut from, in ``[0, B)``.
 
@@ -307,6 +323,9 @@ def _check_rgb(images: Tensor) -> None:
 def rgb_to_grayscale(images: Tensor) -> Tensor:
     """Luma ``0.299 R + 0.587 G + 0.114 B`` (ITU-R 601-2, as PIL's ``convert("L")``).
 
+    kornia's ``rgb_to_grayscale`` (same weights; measured 1.2x faster at batch 256,
+    benchmarks/results/kornia_ops.md).
+
     Args:
         images: float RGB images ``(B, 3, H, W)``.
 
@@ -314,8 +333,8 @@ def rgb_to_grayscale(images: Tensor) -> Tensor:
         ``(B, 1, H, W)`` luma, same dtype.
     """
     _check_rgb(images)
-    r, g, b = images.unbind(1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+    weights = torch.tensor(_LUMA, dtype=images.dtype, device=images.device)
+    return kornia.color.rgb_to_grayscale(images, rgb_weights=weights)
 
 
 def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
@@ -335,6 +354,9 @@ def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
 def adjust_contrast(images: Tensor, factor: Tensor) -> Tensor:
     """Blend each image with its mean luma: ``clamp(f * x + (1 - f) * mean(gray(x)), 0, 1)``.
 
+    kornia's ``adjust_contrast_with_mean_subtraction`` (the same blend with the same luma;
+    measured 1.75x faster at batch 256, benchmarks/results/kornia_ops.md).
+
     Args:
         images: float RGB images ``(B, 3, H, W)`` in ``[0, 1]``.
         factor: ``(B,)`` factors; 1 leaves an image unchanged, 0 gives flat grey.
@@ -342,9 +364,9 @@ def adjust_contrast(images: Tensor, factor: Tensor) -> Tensor:
     Returns:
         ``(B, 3, H, W)`` in ``[0, 1]``.
     """
-    f = _per_sample(factor, images, "factor")
-    mean = rgb_to_grayscale(images).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    return torch.lerp(mean, images, f).clamp_(0.0, 1.0)
+    _check_rgb(images)
+    f = _per_sample(factor, images, "factor").flatten()
+    return kornia.enhance.adjust_contrast_with_mean_subtraction(images, f)
 
 
 def adjust_saturation(images: Tensor, factor: Tensor) -> Tensor:
@@ -526,6 +548,10 @@ def gaussian_blur(images: Tensor, sigma: Tensor, *, kernel_size: int) -> Tensor:
 def solarize(images: Tensor, apply: Tensor, *, threshold: float = 0.5) -> Tensor:
     """Invert pixels at or above ``threshold`` (``x -> 1 - x``) in the samples selected.
 
+    kornia's ``solarize`` with a per-sample threshold (above 1, so never reached, for the
+    samples left alone): measured 1.2x faster than a masked ``where`` at batch 256
+    (benchmarks/results/kornia_ops.md), the same values.
+
     Args:
         images: float images ``(B, C, H, W)`` in ``[0, 1]``.
         apply: bool ``(B,)``: which samples are solarised.
@@ -536,5 +562,6 @@ def solarize(images: Tensor, apply: Tensor, *, threshold: float = 0.5) -> Tensor
         ``(B, C, H, W)`` images.
     """
     _check_batch(images)
-    mask = _per_sample(apply, images, "apply").bool() & (images >= threshold)
-    return torch.where(mask, 1.0 - images, images)
+    flags = _per_sample(apply, images, "apply").flatten().bool()
+    thresholds = torch.where(flags, threshold, 2.0).to(images.dtype)
+    return kornia.enhance.solarize(images, thresholds)

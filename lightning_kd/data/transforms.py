@@ -1,23 +1,29 @@
-"""Multi-crop (DINO) and two-view (BYOL) augmentation, per sample or on a whole batch.
+"""Batch transforms: from a ``uint8`` batch to the views a method trains on.
 
-:class:`MultiCropViews` turns one image into ``2`` global crops and ``K`` local crops with the
-augmentations of DINO (Caron et al., 2021): random resized crop, horizontal flip, colour
-jitter, grayscale, Gaussian blur and solarisation, with blur and solarisation probabilities
-set per kind of view (global view 1, global view 2, local views). :class:`TwoViews` is the
-BYOL (Grill et al., 2020) preset: two views, no local crops.
+A batch transform is a small callable ``transform(images, keys) -> list[Tensor]``: ``images``
+is a ``uint8 (B, 3, H, W)`` batch on the device, ``keys`` its
+:class:`~lightning_kd.data.keyed_random.SampleKeys` (seed, epoch and each sample's dataset
+index), and every random parameter of a sample's views is drawn from ``keys``. So a sample's
+views are a pure function of ``(seed, epoch, index)``: the same whatever the batch size, the
+number of processes or workers, and recomputable later. The views come back as ``uint8`` or
+float32 in ``[0, 1]``, not normalised: the datamodule normalises them with its dataset's mean
+and std. The datamodules take a transform in YAML (``transform: {class_path: ...}``):
 
-The same distribution has two implementations:
+* :class:`CropFlip`: pad-and-crop plus horizontal flip, one view (supervised training, KD) or
+  ``num_views`` independent ones (two for Mean Teacher);
+* :class:`MultiCropViews`: DINO's two global and ``K`` local crops (Caron et al., 2021);
+* :class:`TwoViews`: BYOL's two views (Grill et al., 2020);
+* :class:`~lightning_kd.data.strong_augment.StrongAugment`: a weak (crop + flip) and a strong
+  (crop + flip + RandAugment) view, for multi-view logit distillation (MLKD).
 
-* ``views(image)`` on one PIL image, with torchvision transforms (DataLoader workers,
-  image folders, CIFAR's ``augment="pil"``);
-* ``views.batch(images)`` on a whole ``uint8`` batch on any device, every sample with its own
-  random parameters and no Python loop over samples (CIFAR's ``augment="batch"``).
-
-Both return float32 views in ``[0, 1]``, **not** normalised: the datamodule normalises them with
-its own mean and std (see :class:`NormalizedViews`). Differences between the two paths are of
-float rounding and resampling only: PIL works in ``uint8`` and resamples with its antialiased
-bilinear filter, the batch path works in float32 and averages bilinear samples
-(``roi_align``); grayscale uses the ITU-R 601-2 luma weights in both.
+Draw streams: view ``v`` of a transform uses streams ``v * 64 + q`` for its parameters ``q``
+(:class:`CropFlip` draws all its views from stream 0, view ``v`` in its own columns), so two
+views never share a random number. :class:`MultiCropViews` also keeps a per-image
+torchvision path (:meth:`MultiCropViews.pil_views`) for datamodules that decode files
+(``ImageFolderDataModule``); it draws from torch's CPU RNG, which that datamodule seeds per
+sample from the same keys. The two paths differ in float rounding and resampling only (PIL
+works in ``uint8`` with its antialiased bilinear filter, the batch path in float32 with
+``roi_align``).
 """
 
 from __future__ import annotations
@@ -30,16 +36,125 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms
 
-from lightning_kd.data.batch_augment import (
+from lightning_kd.data.keyed_random import SampleKeys
+from lightning_kd.data.ops import (
+    CROP_ATTEMPTS,
     color_jitter,
+    crop_flip,
     crop_resize,
     gaussian_blur,
-    random_resized_crop_boxes,
+    resized_crop_boxes,
     rgb_to_grayscale,
     solarize,
 )
 
-__all__ = ["MultiCropViews", "NormalizedViews", "TwoViews", "blur_kernel_size"]
+__all__ = [
+    "BatchTransform",
+    "CropFlip",
+    "MultiCropViews",
+    "NormalizedViews",
+    "TwoViews",
+    "blur_kernel_size",
+    "check_uint8_batch",
+    "stream",
+]
+
+#: Draw streams reserved per view (see the module docstring).
+STREAMS_PER_VIEW = 64
+
+
+#: Uniform draws per view of :class:`MultiCropViews`: crop box, flip, 9 for the colour jitter
+#: (4 order keys, 4 factors, apply), grayscale, 2 for the blur (sigma, apply), solarise.
+_CROP = 2 * CROP_ATTEMPTS + 2
+_VIEW_DRAWS = _CROP + 14
+
+
+def stream(view: int, draw: int) -> int:
+    """The stream of parameter ``draw`` (``< 64``) of view ``view``."""
+    if not 0 <= draw < STREAMS_PER_VIEW:
+        raise ValueError(f"draw must be in [0, {STREAMS_PER_VIEW}), got {draw}")
+    return view * STREAMS_PER_VIEW + draw
+
+
+def check_uint8_batch(images: Any, keys: SampleKeys) -> None:
+    """Raise unless ``images`` is a ``uint8 (B, 3, H, W)`` batch with ``B == len(keys)``."""
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8:
+        got = images.dtype if isinstance(images, Tensor) else type(images).__name__
+        raise TypeError(f"a batch transform expects uint8 images (B, 3, H, W), got {got}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"a batch transform expects images (B, 3, H, W), got {tuple(images.shape)}"
+        )
+    if images.shape[0] != len(keys):
+        raise ValueError(f"{images.shape[0]} images but {len(keys)} sample keys")
+
+
+class BatchTransform:
+    """Base of the batch transforms: ``transform(images, keys) -> list of num_views views``.
+
+    Subclasses set :attr:`num_views` and implement :meth:`__call__`.
+    """
+
+    #: Number of views returned per image.
+    num_views: int = 1
+
+    def __call__(self, images: Tensor, keys: SampleKeys) -> list[Tensor]:
+        """Views of every image of the batch.
+
+        Args:
+            images: ``uint8`` ``(B, 3, H, W)`` on any device.
+            keys: The batch's sample keys, on the same device.
+
+        Returns:
+            ``num_views`` tensors ``(B, 3, h, w)``, ``uint8`` or float32 in ``[0, 1]``.
+        """
+        raise NotImplementedError
+
+
+class CropFlip(BatchTransform):
+    """Random crop after zero padding, then horizontal flip: CIFAR's standard augmentation.
+
+    Per view and sample: offsets ``(dy, dx)`` uniform in ``[0, 2 * padding]`` and a flip with
+    probability ``flip_prob`` (torchvision's ``RandomCrop(H, padding)`` then
+    ``RandomHorizontalFlip``, zero fill), done on ``uint8`` by one gather
+    (:func:`~lightning_kd.data.ops.crop_flip`). All views draw from stream 0, view ``v`` in
+    columns ``3v .. 3v + 2``, so view 0 is the same whatever ``num_views``.
+
+    Args:
+        padding: Zero padding on every side; ``0`` flips only.
+        flip_prob: Probability of the flip.
+        num_views: Independent views per image (2 for Mean Teacher's student and teacher).
+
+    Raises:
+        ValueError: If ``padding < 0``, ``flip_prob`` is outside ``[0, 1]`` or
+            ``num_views < 1``.
+    """
+
+    def __init__(self, padding: int = 4, flip_prob: float = 0.5, num_views: int = 1) -> None:
+        self.padding = _check_int("padding", padding, 0)
+        self.flip_prob = _check_prob("flip_prob", flip_prob)
+        self.num_views = _check_int("num_views", num_views, 1)
+
+    def __repr__(self) -> str:
+        return (
+            f"CropFlip(padding={self.padding}, flip_prob={self.flip_prob}, "
+            f"num_views={self.num_views})"
+        )
+
+    def __call__(self, images: Tensor, keys: SampleKeys) -> list[Tensor]:
+        """``num_views`` cropped and flipped ``uint8`` views ``(B, 3, H, W)``."""
+        check_uint8_batch(images, keys)
+        # One draw call for all views (each call costs a dozen small ops): view v takes
+        # columns 3v .. 3v + 2 (dy, dx, flip) of stream 0.
+        u = keys.uniform(stream(0, 0), 3 * self.num_views)  # (B, 3 V)
+        offsets = (u * (2 * self.padding + 1)).long()  # offsets in [0, 2 * padding]
+        flips = u < self.flip_prob
+        return [
+            crop_flip(
+                images, offsets[:, 3 * v : 3 * v + 2], flips[:, 3 * v + 2], padding=self.padding
+            )
+            for v in range(self.num_views)
+        ]
 
 
 def blur_kernel_size(size: int) -> int:
@@ -98,7 +213,7 @@ def _check_jitter(values: Sequence[float]) -> tuple[float, float, float, float]:
     return b, c, s, h
 
 
-class MultiCropViews:
+class MultiCropViews(BatchTransform):
     """Two global and ``num_local`` local views of an image, with DINO's augmentations.
 
     Each view is: random resized crop (aspect ratio in ``ratio``), horizontal flip with
@@ -154,6 +269,8 @@ class MultiCropViews:
         self.global_size = _check_int("global_size", global_size, 1)
         self.local_size = _check_int("local_size", local_size, 1)
         self.num_local = _check_int("num_local", num_local, 0)
+        #: Total number of views, ``2 + num_local``.
+        self.num_views = 2 + self.num_local
         self.global_scale = _check_range("global_scale", global_scale, upper=1.0)
         self.local_scale = _check_range("local_scale", local_scale, upper=1.0)
         self.ratio = _check_range("ratio", ratio)
@@ -198,11 +315,6 @@ class MultiCropViews:
         """Number of global views (2); they come first in the returned list."""
         return 2
 
-    @property
-    def num_views(self) -> int:
-        """Total number of views, ``2 + num_local``."""
-        return self.num_global + self.num_local
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(global_size={self.global_size}, "
@@ -235,8 +347,9 @@ class MultiCropViews:
         steps.append(transforms.ToTensor())
         return transforms.Compose(steps)
 
-    def __call__(self, image: Image.Image) -> list[Tensor]:
-        """Views of one image, drawn with torch's global CPU RNG.
+    def pil_views(self, image: Image.Image) -> list[Tensor]:
+        """Views of one decoded image, drawn with torch's global CPU RNG (seed it per sample,
+        as ``ImageFolderDataModule`` does, to make them a function of the sample's keys).
 
         Args:
             image: An RGB PIL image of any size.
@@ -249,18 +362,18 @@ class MultiCropViews:
         return [g1(image), g2(image)] + [local(image) for _ in range(self.num_local)]
 
     # ------------------------------------------------------------------ whole batch (tensor)
-    def batch(self, images: Tensor, *, generator: torch.Generator | None = None) -> list[Tensor]:
-        """Views of every image of a batch, each sample with its own random parameters.
+    def __call__(self, images: Tensor, keys: SampleKeys) -> list[Tensor]:
+        """Views of every image of a batch, each from its sample's own keyed draws.
 
         Vectorised over the batch: the two global views go through the pipeline together as
         one ``(2B, ...)`` batch and the local views as one ``(K B, ...)`` batch; crops are
         resized with ``roi_align``, the photometric transforms select per sample with
         ``torch.where``, blur is one grouped convolution (only if a blur probability is > 0).
+        Global views are views 0 and 1, local view ``k`` is view ``2 + k`` (draw streams).
 
         Args:
             images: ``uint8`` batch ``(B, 3, H, W)`` on any device.
-            generator: Source of randomness on the images' device; ``None`` uses torch's
-                global RNG for that device, so ``seed_everything`` makes runs repeatable.
+            keys: The batch's sample keys, on the same device.
 
         Returns:
             ``[global1, global2, local1, ..., localK]``: float32 tensors in ``[0, 1]`` on the
@@ -269,32 +382,30 @@ class MultiCropViews:
 
         Raises:
             TypeError: If ``images`` is not a ``uint8`` tensor.
-            ValueError: If it is not ``(B, 3, H, W)``.
+            ValueError: If it is not ``(B, 3, H, W)`` with one key per image.
         """
-        if not isinstance(images, Tensor) or images.dtype != torch.uint8:
-            got = images.dtype if isinstance(images, Tensor) else type(images).__name__
-            raise TypeError(f"batch expects uint8 images (B, 3, H, W), got {got}")
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"batch expects images (B, 3, H, W), got {tuple(images.shape)}")
+        check_uint8_batch(images, keys)
         b = images.shape[0]
         x = images.float().div_(255.0)  # (B, 3, H, W) in [0, 1]
         views = self._batch_kind(
             x,
+            keys,
+            first_view=0,
             size=self.global_size,
             scale=self.global_scale,
             blur_probs=self.blur_probs[:2],
             solarize_probs=self.solarize_probs[:2],
-            generator=generator,
         ).split(b)
         out = list(views)
         if self.num_local > 0:
             local = self._batch_kind(
                 x,
+                keys,
+                first_view=2,
                 size=self.local_size,
                 scale=self.local_scale,
                 blur_probs=(self.blur_probs[2],) * self.num_local,
                 solarize_probs=(self.solarize_probs[2],) * self.num_local,
-                generator=generator,
             )
             out += list(local.split(b))
         return out
@@ -302,22 +413,24 @@ class MultiCropViews:
     def _batch_kind(
         self,
         images: Tensor,
+        keys: SampleKeys,
         *,
+        first_view: int,
         size: int,
         scale: tuple[float, float],
         blur_probs: Sequence[float],
         solarize_probs: Sequence[float],
-        generator: torch.Generator | None,
     ) -> Tensor:
         """``V = len(blur_probs)`` views of each image as one ``(V B, 3, size, size)`` batch.
 
         Args:
             images: float ``(B, 3, H, W)`` in ``[0, 1]``.
+            keys: The batch's sample keys.
+            first_view: View number of the first of the ``V`` views (draw streams).
             size: Crop side.
             scale: Crop area fraction.
             blur_probs: Blur probability of each of the ``V`` views.
             solarize_probs: Solarisation probability of each of the ``V`` views.
-            generator: RNG on the images' device, or ``None``.
 
         Returns:
             ``(V B, 3, size, size)``: view ``v`` of image ``i`` at row ``v B + i``.
@@ -327,54 +440,59 @@ class MultiCropViews:
         n = copies * b
         device = images.device
 
-        def rand(*shape: int) -> Tensor:
-            return torch.rand(*shape, device=device, generator=generator)
+        # All draws of a view in one call (columns below), rows v B + i.
+        u = torch.cat([keys.uniform(stream(first_view + v, 0), _VIEW_DRAWS) for v in range(copies)])
+        crop_u = u[:, :_CROP]
+        flip_u, jitter_u = u[:, _CROP], u[:, _CROP + 1 : _CROP + 10]
+        gray_u, blur_u, solarize_u = (
+            u[:, _CROP + 10],
+            u[:, _CROP + 11 : _CROP + 13],
+            u[:, _CROP + 13],
+        )
 
         def per_view(probs: Sequence[float]) -> Tensor:  # (N,) probability of each row
             return torch.tensor(probs, device=device).repeat_interleave(b)
 
-        boxes = random_resized_crop_boxes(
-            n, h, w, scale=scale, ratio=self.ratio, device=device, generator=generator
-        )
+        boxes = resized_crop_boxes(crop_u, h, w, scale=scale, ratio=self.ratio)
         source = torch.arange(n, device=device) % b  # (N,) image of each row
         x = crop_resize(images, boxes, size, batch_index=source)  # (N, 3, s, s)
 
-        flip = (rand(n) < self.flip_prob).view(-1, 1, 1, 1)
+        flip = (flip_u < self.flip_prob).view(-1, 1, 1, 1)
         x = torch.where(flip, x.flip(-1), x)
 
         bright, contr, satur, hue = self.jitter
         if self.jitter_prob > 0 and max(self.jitter) > 0:
-
-            def factors(strength: float) -> Tensor | None:
+            # jitter_u (N, 9): 4 order keys, 4 factors, apply
+            def factors(strength: float, column: int) -> Tensor | None:
                 if strength == 0:
                     return None
                 lo = max(0.0, 1.0 - strength)
-                return lo + (1.0 + strength - lo) * rand(n)
+                return lo + (1.0 + strength - lo) * jitter_u[:, column]
 
             jittered = color_jitter(
                 x,
-                order=rand(n, 4).argsort(dim=1),  # a random permutation per row
-                brightness=factors(bright),
-                contrast=factors(contr),
-                saturation=factors(satur),
-                hue=(2.0 * rand(n) - 1.0) * hue if hue > 0 else None,
+                order=jitter_u[:, :4].argsort(dim=1),  # a random permutation per row
+                brightness=factors(bright, 4),
+                contrast=factors(contr, 5),
+                saturation=factors(satur, 6),
+                hue=(2.0 * jitter_u[:, 7] - 1.0) * hue if hue > 0 else None,
             )
-            apply = (rand(n) < self.jitter_prob).view(-1, 1, 1, 1)
+            apply = (jitter_u[:, 8] < self.jitter_prob).view(-1, 1, 1, 1)
             x = torch.where(apply, jittered, x)
 
         if self.grayscale_prob > 0:
-            gray = (rand(n) < self.grayscale_prob).view(-1, 1, 1, 1)
+            gray = (gray_u < self.grayscale_prob).view(-1, 1, 1, 1)
             x = torch.where(gray, rgb_to_grayscale(x).expand_as(x), x)
 
         kernel = blur_kernel_size(size)
         if max(blur_probs) > 0 and kernel > 1:
             lo, hi = self.blur_sigma
-            sigma = lo + (hi - lo) * rand(n)
-            blur = (rand(n) < per_view(blur_probs)).view(-1, 1, 1, 1)
+            sigma = lo + (hi - lo) * blur_u[:, 0]
+            blur = (blur_u[:, 1] < per_view(blur_probs)).view(-1, 1, 1, 1)
             x = torch.where(blur, gaussian_blur(x, sigma, kernel_size=kernel), x)
 
         if max(solarize_probs) > 0:
-            x = solarize(x, rand(n) < per_view(solarize_probs))
+            x = solarize(x, solarize_u < per_view(solarize_probs))
         return x.clamp_(0.0, 1.0)
 
 
@@ -465,4 +583,4 @@ class NormalizedViews:
 
     def __call__(self, image: Image.Image) -> list[Tensor]:
         """Normalised views of one image: float32 ``(3, s, s)`` tensors, globals first."""
-        return [self.normalize(v) for v in self.views(image)]
+        return [self.normalize(v) for v in self.views.pil_views(image)]

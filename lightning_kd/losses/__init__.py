@@ -23,6 +23,7 @@ from lightning_kd.losses.logit import (
     smooth_labels,
     soft_cross_entropy,
     softmax_with_temperature,
+    standardize_logits,
     uniform_smooth_labels,
 )
 from lightning_kd.losses.relation import rkd_angle_loss, rkd_distance_loss
@@ -49,6 +50,7 @@ __all__ = [
     "softmax_kl_loss",
     "softmax_mse_loss",
     "softmax_with_temperature",
+    "standardize_logits",
     "teacher_entropy",
     "uniform_smooth_labels",
 ]

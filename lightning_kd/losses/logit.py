@@ -26,8 +26,35 @@ __all__ = [
     "smooth_labels",
     "soft_cross_entropy",
     "softmax_with_temperature",
+    "standardize_logits",
     "uniform_smooth_labels",
 ]
+
+
+def standardize_logits(logits: Tensor, *, eps: float = 1e-7) -> Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024): z-score each row of logits.
+
+    ``(z - mean(z)) / (eps + std(z))`` per row, with the unbiased standard deviation (as the
+    authors' code, ``torch.std``), not detached. Applied to both the student's and the
+    teacher's logits before the temperature softmax of a logit loss ("KD + LS").
+
+    Args:
+        logits: ``(B, C)`` logits, ``C >= 2``.
+        eps: Added to the standard deviation (``1e-7`` as the authors).
+
+    Returns:
+        ``(B, C)`` standardised logits (each row mean 0, unbiased std about 1), float32.
+
+    Raises:
+        ValueError: If ``logits`` is not 2-D with at least 2 classes.
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (B, C) with C >= 2, got {tuple(logits.shape)}")
+    with _float32_math(logits):
+        z = logits.float()
+        mean = z.mean(dim=1, keepdim=True)
+        std = z.std(dim=1, keepdim=True)  # unbiased, as torch.std
+        return (z - mean) / (eps + std)
 
 
 def softmax_with_temperature(logits: Tensor, *, temperature: float) -> Tensor:
