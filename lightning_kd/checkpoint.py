@@ -28,6 +28,7 @@ __all__ = [
     "flatten_config",
     "read_checkpoint",
     "recorded_file",
+    "recorded_teacher_files",
     "settings_differences",
 ]
 
@@ -106,21 +107,38 @@ def _import_class(path: str) -> type | None:
 
 def describe_networks(arguments: Mapping[str, Any] | None) -> str:
     """``"student=SmallCNN(width=16), teacher=SmallCNN(width=48)"`` from a module's
-    ``init_args`` (as saved in ``hyper_parameters`` or given in the config)."""
+    ``init_args`` (as saved in ``hyper_parameters`` or given in the config); an ensemble of
+    teachers as ``teachers=[SmallCNN(width=48), SmallCNN(width=32)]``."""
     if not arguments:
         return "networks not recorded"
     parts = []
     for key in NETWORK_KEYS:
-        spec = arguments.get(key)
-        if isinstance(spec, Namespace):
-            spec = spec.as_dict()
-        if isinstance(spec, Mapping) and spec.get("class_path"):
-            init = spec.get("init_args") or {}
-            shown = ", ".join(
-                f"{k}={v}" for k, v in sorted(init.items()) if k != "num_classes" and v is not None
-            )
-            parts.append(f"{key}={str(spec['class_path']).rpartition('.')[2]}({shown})")
+        shown = _describe_network(arguments.get(key))
+        if shown is not None:
+            parts.append(f"{key}={shown}")
+    teachers = arguments.get("teachers")
+    if isinstance(teachers, list) and teachers:
+        members = []
+        for teacher in teachers:
+            spec = teacher.as_dict() if isinstance(teacher, Namespace) else teacher
+            init = spec.get("init_args") if isinstance(spec, Mapping) else None
+            network = init.get("network") if isinstance(init, Mapping) else None
+            members.append(_describe_network(network) or "?")
+        parts.append(f"teachers=[{', '.join(members)}]")
     return ", ".join(parts) if parts else "networks not recorded"
+
+
+def _describe_network(spec: Any) -> str | None:
+    """``"SmallCNN(width=16)"`` for a ``class_path`` / ``init_args`` entry, else ``None``."""
+    if isinstance(spec, Namespace):
+        spec = spec.as_dict()
+    if not (isinstance(spec, Mapping) and spec.get("class_path")):
+        return None
+    init = spec.get("init_args") or {}
+    shown = ", ".join(
+        f"{k}={v}" for k, v in sorted(init.items()) if k != "num_classes" and v is not None
+    )
+    return f"{str(spec['class_path']).rpartition('.')[2]}({shown})"
 
 
 def check_checkpoint_fits(
@@ -201,6 +219,19 @@ def recorded_file(checkpoint: Mapping[str, Any], kind: str) -> str | None:
         entry = checkpoint.get("teacher_source", {})
     path = entry.get("path") if isinstance(entry, Mapping) else None
     return str(path) if path else None
+
+
+def recorded_teacher_files(checkpoint: Mapping[str, Any]) -> list[str | None]:
+    """The absolute path of each teacher's weights file that a KD checkpoint trained with
+    ``teachers`` records, in order (``None`` for a teacher built without a file); ``[]`` for
+    a checkpoint of one teacher or of another module."""
+    record = checkpoint.get(RECORD_KEY, {})
+    entry = record.get("teacher", {}) if isinstance(record, Mapping) else {}
+    members = entry.get("teachers") if isinstance(entry, Mapping) else None
+    if not isinstance(members, list):
+        return []
+    paths = [m.get("path") if isinstance(m, Mapping) else None for m in members]
+    return [str(path) if path else None for path in paths]
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 ``lightning-kd fit --config configs/cifar10/kd_resnet56_resnet20.yaml`` builds the module,
 its networks and the datamodule from YAML. The datamodule's ``num_classes`` is linked into
-every network argument of the module (``model``, ``student``, ``teacher``) so the two can
-never disagree.
+every network argument of the module (``model``, ``student``, ``teacher``, and the
+``network`` of each entry of ``teachers``) so the two can never disagree.
 
 What the command adds to LightningCLI, so that a run never silently does something other
 than what its config says:
@@ -64,6 +64,7 @@ from lightning_kd.checkpoint import (
     flatten_config,
     read_checkpoint,
     recorded_file,
+    recorded_teacher_files,
     settings_differences,
 )
 
@@ -268,6 +269,7 @@ class KDLightningCLI(LightningCLI):
     @override
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
+        _link_teachers_num_classes(config)
         root = config.trainer.get("default_root_dir")
         if root:
             _root_relative_paths(config, Path(root).expanduser())
@@ -277,9 +279,10 @@ class KDLightningCLI(LightningCLI):
                 _continue_log_version(config, self._checkpoint)
 
     def _fill_missing_weight_files(self, config: Namespace) -> None:
-        """With ``--ckpt_path``: a teacher / student file that the config names but that does
-        not exist (e.g. a relative path from another directory) is replaced by the absolute
-        path the checkpoint records, when that file exists; a missing student warm-start
+        """With ``--ckpt_path``: a teacher / student file (or the ``checkpoint`` of an entry of
+        ``teachers``) that the config names but that does not exist (e.g. a relative path from
+        another directory) is replaced by the absolute path the checkpoint records, when that
+        file exists; a missing student warm-start
         file is dropped (the student's weights come from the checkpoint)."""
         assert self._checkpoint is not None
         init_args = config.model.get("init_args") if config.get("model") else None
@@ -305,6 +308,18 @@ class KDLightningCLI(LightningCLI):
                     "weights come from the checkpoint"
                 )
                 init_args[argument] = None
+        recorded_teachers = recorded_teacher_files(self._checkpoint)
+        for k, member in enumerate(_teacher_members(config)):
+            given = member.get("checkpoint")
+            if not given or Path(given).expanduser().exists() or k >= len(recorded_teachers):
+                continue
+            recorded = recorded_teachers[k]
+            if recorded is not None and Path(recorded).is_file():
+                rank_zero_info(
+                    f"teachers[{k}] checkpoint {given!r} does not exist; using {recorded}, the "
+                    "file recorded in the checkpoint"
+                )
+                member["checkpoint"] = recorded
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
@@ -414,6 +429,41 @@ def _root_relative_paths(config: Namespace, root: Path) -> None:
         for argument in ("teacher_checkpoint", "student_checkpoint"):
             if model_args.get(argument):
                 model_args[argument] = rebase(model_args[argument])
+        for member in _teacher_members(config):
+            if member.get("checkpoint"):
+                member["checkpoint"] = rebase(member["checkpoint"])
+
+
+def _teacher_members(config: Namespace) -> list[Namespace]:
+    """The ``init_args`` of each entry of the module's ``teachers`` list (empty without it)."""
+    model = config.get("model")
+    model_args = model.get("init_args") if isinstance(model, Namespace) else None
+    teachers = model_args.get("teachers") if isinstance(model_args, Namespace) else None
+    if not isinstance(teachers, list):
+        return []
+    return [
+        teacher.init_args
+        for teacher in teachers
+        if isinstance(teacher, Namespace) and isinstance(teacher.get("init_args"), Namespace)
+    ]
+
+
+def _link_teachers_num_classes(config: Namespace) -> None:
+    """The datamodule's ``num_classes`` into the ``network`` of every entry of ``teachers``,
+    as :meth:`KDLightningCLI.add_arguments_to_parser` links it into ``teacher`` (jsonargparse
+    cannot link into the items of a list), and like that link it overrides the config: a
+    teacher predicts the datamodule's classes. A network class without a ``num_classes``
+    argument is left as it is (the module then refuses logits of another class count,
+    naming the teacher)."""
+    members = _teacher_members(config)
+    if not members or not isinstance(config.get("data"), Namespace):
+        return
+    num_classes = datamodule_num_classes(config.data)
+    for member in members:
+        network = member.get("network")
+        init_args = network.get("init_args") if isinstance(network, Namespace) else None
+        if isinstance(init_args, Namespace) and "num_classes" in init_args:
+            init_args["num_classes"] = num_classes
 
 
 def _class_configs(value: Any) -> Iterator[Namespace]:

@@ -25,6 +25,10 @@ class FeatureKDModule(KDModule):
     ``(2, *input_size)`` sizes the terms' adapters, which are registered on this module (in the
     optimizer, the checkpoint and DDP's gradient sync).
 
+    One teacher only: its features are tapped by name and each term's adapters are sized for
+    it, so there is no ``teachers`` argument here (a config that gives one is refused by the
+    parser). To distil from several teachers' logits, use ``KDModule(teachers=...)``.
+
     Args:
         student, teacher, teacher_checkpoint, student_checkpoint, save_teacher_weights,
         temperature, evaluate_teacher, teacher_mean, teacher_std, input_mean, input_std,
@@ -134,6 +138,7 @@ class FeatureKDModule(KDModule):
         for term in self.distillation_terms:
             value = term(inputs)
             losses[f"loss_{term.name}"] = value
+            losses.update(term.logged_values(inputs))
             total = total + term.weight_at(self.current_epoch) * value
         losses["loss"] = total
         # State updates (CRD's memory) wait until after backward: the loss still needs the

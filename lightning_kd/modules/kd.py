@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from typing_extensions import Self, override
 
-from lightning_kd.losses import kd_loss
+from lightning_kd.losses import kd_loss, standardize_logits
+from lightning_kd.losses.ensemble import EnsembleMode, kd_loss_to_distribution
 from lightning_kd.metrics import top1_agreement, topk_correct
 from lightning_kd.models.loading import load_weights
 from lightning_kd.modules.base import (
@@ -22,6 +24,12 @@ from lightning_kd.modules.base import (
     NonFiniteLoss,
     object_arguments,
     sgd,
+)
+from lightning_kd.modules.teachers import (
+    Teacher,
+    TeacherEnsemble,
+    teacher_metric_names,
+    teacher_metrics,
 )
 from lightning_kd.normalization import Renormalize
 
@@ -45,9 +53,31 @@ class KDModule(LightningKDModule):
     To add a loss term, subclass and override :meth:`compute_losses`, reusing
     :meth:`teacher_logits` and :meth:`logit_losses`.
 
+    **Several teachers.** Instead of ``teacher``, ``teachers`` takes a list of
+    :class:`~lightning_kd.modules.Teacher` s, each with its own ``network``, ``checkpoint``,
+    ``weight`` and input ``mean`` / ``std``. The KD term is then ``T^2 KL(q || p_s(T))``
+    against their combined distribution ``q`` (:mod:`lightning_kd.losses.ensemble`): by
+    default (``ensemble="probabilities"``) ``q = sum_k w_k softmax(z_k / T)``, the weighted
+    mean of the softened distributions, with the weights normalised to sum 1;
+    ``ensemble="logits"`` softens the weighted mean of the logits instead. (Averaging the
+    per-teacher KD losses would give the student the same gradient as the default, but a
+    larger loss value, by the teachers' Jensen-Shannon divergence.) Every teacher is frozen
+    as one is, recorded (path and SHA-256) and checked on resume, and left out of
+    checkpoints by ``save_teacher_weights=False``. ``teacher_acc`` and ``agreement`` are
+    then those of the combined target; ``teacher<k>_acc``, ``teacher<k>_agreement`` (with the
+    student) and ``teacher_agreement`` (mean over teacher pairs) are logged as well, in
+    training and (with ``evaluate_teacher``) evaluation. A subclass that uses one teacher's
+    logits (:meth:`teacher_logits`, :meth:`teacher_forward`) refuses an ensemble.
+
     Args:
         student: the network being trained, ``(B, 3, H, W) -> (B, C)``.
-        teacher: the pretrained network, same input and class count as the student.
+        teacher: the pretrained network, same input and class count as the student; exactly
+            one of ``teacher`` and ``teachers``.
+        teachers: several pretrained teachers (see above), each a
+            :class:`~lightning_kd.modules.Teacher`; instead of ``teacher``, and then without
+            ``teacher_checkpoint`` / ``teacher_mean`` / ``teacher_std`` (each teacher has its
+            own).
+        ensemble: how ``teachers`` combine: ``"probabilities"`` (default) or ``"logits"``.
         teacher_checkpoint: optional path loaded into ``teacher`` at construction (a Lightning
             checkpoint of a ``ClassifierModule``, a plain ``state_dict``, or a torchvision
             weights file; see :func:`lightning_kd.models.load_weights`).
@@ -64,6 +94,11 @@ class KDModule(LightningKDModule):
             when not given (``None``) and ``alpha`` is not given either.
         alpha: shorthand for ``ce_weight=alpha, kd_weight=1 - alpha``, in ``[0, 1]``; only
             without ``ce_weight`` and ``kd_weight``.
+        logit_standardization: z-score each row of the student's and the teacher's logits
+            (:func:`~lightning_kd.losses.standardize_logits`, not detached) before the
+            temperature softmax of the KD term ("KD + LS", Sun et al., CVPR 2024; the authors
+            use ``temperature=2``, ``ce_weight=0.1``, ``kd_weight=9`` on CIFAR-100). The
+            cross-entropy and the accuracies use the raw logits. One teacher only.
         evaluate_teacher: also run the teacher on validation/test batches to log its accuracy
             and the teacher-student top-1 agreement.
         teacher_mean, teacher_std: the per-channel input normalisation the teacher expects
@@ -80,7 +115,9 @@ class KDModule(LightningKDModule):
     Raises:
         ValueError: On a temperature that is not > 0, a weight that is negative or not finite,
             ``alpha`` outside ``[0, 1]`` or given together with ``ce_weight`` / ``kd_weight``,
-            or ``save_teacher_weights=False`` without ``teacher_checkpoint``.
+            ``save_teacher_weights=False`` without ``teacher_checkpoint`` (or a teacher of
+            ``teachers`` without its ``checkpoint``), both or neither of ``teacher`` and
+            ``teachers``, or teacher weights that are negative or all 0.
     """
 
     #: The weights when neither they nor ``alpha`` are given (Hinton's alpha = 0.1).
@@ -93,8 +130,10 @@ class KDModule(LightningKDModule):
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module,
+        teacher: nn.Module | None = None,
         *,
+        teachers: list[Teacher] | None = None,
+        ensemble: EnsembleMode = "probabilities",
         teacher_checkpoint: str | None = None,
         student_checkpoint: str | None = None,
         save_teacher_weights: bool = True,
@@ -102,6 +141,7 @@ class KDModule(LightningKDModule):
         ce_weight: float | None = None,
         kd_weight: float | None = None,
         alpha: float | None = None,
+        logit_standardization: bool = False,
         evaluate_teacher: bool = True,
         teacher_mean: list[float] | None = None,
         teacher_std: list[float] | None = None,
@@ -117,13 +157,23 @@ class KDModule(LightningKDModule):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         ce_weight, kd_weight = loss_weights(ce_weight, kd_weight, alpha)
-        if not save_teacher_weights and teacher_checkpoint is None:
+        if logit_standardization and teachers is not None:
             raise ValueError(
-                "save_teacher_weights=False needs teacher_checkpoint (the file the teacher is "
-                "reloaded from), got teacher_checkpoint=None"
+                "logit_standardization applies to one teacher's logits, got teachers= a list "
+                f"of {len(teachers)}; use teacher=, or logit_standardization=False"
             )
+        teacher = _teacher_network(
+            teacher,
+            teachers,
+            ensemble,
+            teacher_checkpoint=teacher_checkpoint,
+            teacher_mean=teacher_mean,
+            teacher_std=teacher_std,
+        )
+        if not save_teacher_weights:
+            _check_reloadable(teacher, teacher_checkpoint)
         self.save_hyperparameters(
-            ignore=object_arguments("student", "teacher", "optimizer", "scheduler")
+            ignore=object_arguments("student", "teacher", "teachers", "optimizer", "scheduler")
         )
         # The hyperparameters record the weights the loss uses, in the one convention.
         self.hparams.update(ce_weight=ce_weight, kd_weight=kd_weight, alpha=None)
@@ -133,6 +183,8 @@ class KDModule(LightningKDModule):
         #: Weights of the cross-entropy and of the KD term in :meth:`logit_losses`.
         self.ce_weight: float = ce_weight
         self.kd_weight: float = kd_weight
+        #: Whether :meth:`logit_losses` z-scores the logits of its KD term.
+        self.logit_standardization = logit_standardization
         self.evaluate_teacher = evaluate_teacher
         self.save_teacher_weights = save_teacher_weights
         self.teacher_checkpoint = teacher_checkpoint
@@ -142,6 +194,13 @@ class KDModule(LightningKDModule):
         self.teacher_source = _load_recorded(self.teacher, teacher_checkpoint)
         self.student_source = _load_recorded(self.student, student_checkpoint)
         self.teacher_sha256: str | None = self.teacher_source["sha256"]
+        #: The source of every teacher: ``[teacher_source]`` for one, one per member of an
+        #: ensemble (each loaded from its own ``checkpoint`` here).
+        self.teacher_sources = [self.teacher_source]
+        if isinstance(self.teacher, TeacherEnsemble):
+            self.teacher_sources = [
+                _load_recorded(t.network, t.checkpoint) for t in self.teacher.members
+            ]
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         if (teacher_mean is None) != (teacher_std is None):
@@ -160,22 +219,41 @@ class KDModule(LightningKDModule):
         if teacher_mean is not None and teacher_std is not None and input_mean is not None:
             assert input_std is not None
             self.teacher_input = Renormalize(input_mean, input_std, teacher_mean, teacher_std)
+        if isinstance(self.teacher, TeacherEnsemble):
+            if input_mean is not None and input_std is not None:
+                self.teacher.set_input_statistics(input_mean, input_std)
+            # Per-teacher scores, averaged over the evaluation set like the others.
+            extra = teacher_metric_names(len(self.teacher))
+            # An instance value that extends the class's names for this module only.
+            self.eval_metric_names = (*type(self).eval_metric_names, *extra)  # type: ignore[misc, assignment]
+            for stage in ("val", "test"):
+                for name in extra:
+                    self.eval_metrics[f"{stage}_{name}"] = MeanMetric()
 
     @override
     def setup(self, stage: str) -> None:
         """Build the teacher's input re-normalisation from the datamodule's ``mean`` / ``std``
-        when ``teacher_mean`` is set and ``input_mean`` is not."""
-        if self.teacher_mean is not None and isinstance(self.teacher_input, nn.Identity):
+        when ``teacher_mean`` (or a :class:`Teacher`'s ``mean``) is set and ``input_mean`` is
+        not."""
+        single = self.teacher_mean is not None and isinstance(self.teacher_input, nn.Identity)
+        members = isinstance(self.teacher, TeacherEnsemble) and any(
+            t.needs_input_statistics for t in self.teacher.members
+        )
+        if single or members:
+            what = "teacher_mean / teacher_std" if single else "a Teacher's mean / std"
             datamodule = getattr(self.trainer, "datamodule", None)
             mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
             if mean is None or std is None:
                 raise ValueError(
-                    "teacher_mean / teacher_std need the normalisation the batches arrive "
+                    f"{what} need the normalisation the batches arrive "
                     f"with; the datamodule ({type(datamodule).__name__}) has no mean / std: "
                     "pass input_mean and input_std"
                 )
-            assert self.teacher_std is not None
-            self.teacher_input = Renormalize(mean, std, self.teacher_mean, self.teacher_std)
+            if single:
+                assert self.teacher_mean is not None and self.teacher_std is not None
+                self.teacher_input = Renormalize(mean, std, self.teacher_mean, self.teacher_std)
+            if isinstance(self.teacher, TeacherEnsemble):
+                self.teacher.set_input_statistics(mean, std)
         super().setup(stage)
 
     @override
@@ -191,8 +269,58 @@ class KDModule(LightningKDModule):
 
     def teacher_forward(self, x: Tensor) -> Tensor:
         """The teacher on the batch ``x``, re-normalised to its own input statistics
-        (``teacher_mean`` / ``teacher_std``) if those differ from the student's."""
+        (``teacher_mean`` / ``teacher_std``) if those differ from the student's.
+
+        Raises:
+            ValueError: With ``teachers`` (an ensemble has no single teacher's logits; see
+                :meth:`teacher_outputs`).
+        """
+        if isinstance(self.teacher, TeacherEnsemble):
+            raise ValueError(
+                f"{type(self).__name__} uses one teacher's logits (teacher_forward), but it "
+                f"was given {len(self.teacher)} teachers (teachers=...): give it one teacher, "
+                "or use teacher_outputs() and the ensemble's combined target"
+            )
         return self.teacher(self.teacher_input(x))
+
+    def teacher_outputs(self, x: Tensor) -> list[Tensor]:
+        """Every teacher's logits ``(B, C)``, computed without autograd (normal tensors that
+        losses may save): ``[teacher_logits(x)]`` for one teacher, one per member (each on its
+        own input normalisation) for ``teachers``."""
+        if not isinstance(self.teacher, TeacherEnsemble):
+            return [self.teacher_logits(x)]
+        with torch.inference_mode():
+            outputs = self.teacher.outputs(x)
+        return [logits.clone() for logits in outputs]
+
+    def ensemble_logit_losses(
+        self, student_logits: Tensor, teacher_logits: list[Tensor], targets: Tensor
+    ) -> dict[str, Tensor]:
+        """The objective with ``teachers`` and its parts, for ``(B, C)`` student logits, the
+        members' ``(B, C)`` logits and ``(B,)`` labels.
+
+        ``loss = ce_weight * CE + kd_weight * T^2 KL(q || p_s)`` with ``q`` the combined
+        target (:meth:`TeacherEnsemble.target`). Returns ``loss``, ``loss_ce``, ``loss_kd``,
+        student ``acc``, ``teacher_acc`` and ``agreement`` of the combined target, and
+        ``teacher<k>_acc``, ``teacher<k>_agreement``, ``teacher_agreement``
+        (:func:`~lightning_kd.modules.teachers.teacher_metrics`), each a scalar.
+        """
+        assert isinstance(self.teacher, TeacherEnsemble)
+        target = self.teacher.target(teacher_logits, temperature=self.temperature)  # (B, C)
+        ce = F.cross_entropy(student_logits.float(), targets)
+        kd = kd_loss_to_distribution(student_logits, target, temperature=self.temperature)
+        student_detached = student_logits.detach()
+        losses = {
+            "loss": self.ce_weight * ce + self.kd_weight * kd,
+            "loss_ce": ce,
+            "loss_kd": kd,
+            "acc": topk_correct(student_detached, targets).mean(),
+            "teacher_acc": topk_correct(target, targets).mean(),
+            "agreement": top1_agreement(student_detached, target).mean(),
+        }
+        for name, value in teacher_metrics(student_detached, teacher_logits, targets).items():
+            losses[name] = value.mean()
+        return losses
 
     def teacher_logits(self, x: Tensor) -> Tensor:
         """Teacher logits ``(B, C)``, computed without autograd, as a normal (non-inference)
@@ -206,12 +334,20 @@ class KDModule(LightningKDModule):
     ) -> dict[str, Tensor]:
         """The Hinton objective and its parts for ``(B, C)`` logits and ``(B,)`` labels.
 
-        ``loss = ce_weight * CE + kd_weight * KD``.
+        ``loss = ce_weight * CE + kd_weight * KD``, the KD term on z-scored logits with
+        ``logit_standardization``.
         Returns ``loss``, ``loss_ce``, ``loss_kd``, student ``acc``, ``teacher_acc`` and
         ``agreement`` (teacher-student top-1), each a scalar.
         """
         ce = F.cross_entropy(student_logits.float(), targets)
-        kd = kd_loss(student_logits, teacher_logits, temperature=self.temperature)
+        if self.logit_standardization:
+            kd = kd_loss(
+                standardize_logits(student_logits),
+                standardize_logits(teacher_logits),
+                temperature=self.temperature,
+            )
+        else:
+            kd = kd_loss(student_logits, teacher_logits, temperature=self.temperature)
         student_detached = student_logits.detach()
         return {
             "loss": self.ce_weight * ce + self.kd_weight * kd,
@@ -225,6 +361,9 @@ class KDModule(LightningKDModule):
     @override
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         x, y = batch[0], batch[1]
+        if isinstance(self.teacher, TeacherEnsemble):
+            outputs = self.teacher_outputs(x)
+            return self.ensemble_logit_losses(self.student(x), outputs, y)
         teacher_logits = self.teacher_logits(x)
         student_logits = self.student(x)
         return self.logit_losses(student_logits, teacher_logits, y)
@@ -238,7 +377,13 @@ class KDModule(LightningKDModule):
             "acc": topk_correct(student_logits, y, k=1),
             "acc_top5": topk_correct(student_logits, y, k=5),
         }
-        if self.evaluate_teacher:
+        if self.evaluate_teacher and isinstance(self.teacher, TeacherEnsemble):
+            outputs = self.teacher.outputs(x)
+            target = self.teacher.target(outputs, temperature=self.temperature)  # (B, C)
+            values["teacher_acc"] = topk_correct(target, y, k=1)
+            values["agreement"] = top1_agreement(student_logits, target)
+            values.update(teacher_metrics(student_logits, outputs, y))
+        elif self.evaluate_teacher:
             teacher_logits = self.teacher_forward(x)
             values["teacher_acc"] = topk_correct(teacher_logits, y, k=1)
             values["agreement"] = top1_agreement(student_logits, teacher_logits)
@@ -255,6 +400,16 @@ class KDModule(LightningKDModule):
     @override
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        if isinstance(self.teacher, TeacherEnsemble):
+            for k, source in enumerate(self.teacher_sources):
+                weight = self.teacher.weights[k]
+                found = (
+                    f"{source['path']} (sha256 {source['sha256']})"
+                    if source["path"] is not None
+                    else "weights as constructed (no checkpoint file)"
+                )
+                rank_zero_info(f"teacher {k} (weight {weight:.4g}): {found}")
+            return
         source = self.teacher_source
         if source["path"] is not None:
             rank_zero_info(f"teacher: {source['path']} (sha256 {source['sha256']})")
@@ -262,19 +417,33 @@ class KDModule(LightningKDModule):
             rank_zero_info("teacher: weights as constructed (no teacher_checkpoint file)")
 
     def run_facts(self) -> dict[str, Any]:
-        """Facts of this run for the hyperparameter record: the teacher and student files."""
-        return {
+        """Facts of this run for the hyperparameter record: the teacher and student files
+        (with ``teachers``: ``teacher<k>_file``, ``teacher<k>_sha256`` and the normalised
+        ``teacher<k>_weight`` of each)."""
+        facts: dict[str, Any] = {
             "teacher_file": self.teacher_source["path"],
             "teacher_sha256": self.teacher_source["sha256"],
             "student_init_file": self.student_source["path"],
             "student_init_sha256": self.student_source["sha256"],
         }
+        if isinstance(self.teacher, TeacherEnsemble):
+            for k, source in enumerate(self.teacher_sources):
+                facts[f"teacher{k}_file"] = source["path"]
+                facts[f"teacher{k}_sha256"] = source["sha256"]
+                facts[f"teacher{k}_weight"] = self.teacher.weights[k]
+        return facts
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         record = checkpoint[CHECKPOINT_RECORD]
         record["teacher"] = {**self.teacher_source, "weights_saved": self.save_teacher_weights}
+        if isinstance(self.teacher, TeacherEnsemble):
+            # One entry per member (the single-teacher path and sha256 above are None).
+            record["teacher"]["teachers"] = [
+                {**source, "weight": weight}
+                for source, weight in zip(self.teacher_sources, self.teacher.weights, strict=True)
+            ]
         record["student_init"] = dict(self.student_source)
         if not self.save_teacher_weights:
             state = checkpoint["state_dict"]
@@ -288,9 +457,14 @@ class KDModule(LightningKDModule):
 
         Raises:
             ValueError: If the teacher weights were left out and ``teacher_checkpoint`` is
-                missing or is not the file the checkpoint records (by SHA-256).
+                missing or is not the file the checkpoint records (by SHA-256); with
+                ``teachers``, the same for each teacher, and if the checkpoint was trained
+                with another number of teachers.
         """
         source = recorded_teacher(checkpoint)
+        if isinstance(self.teacher, TeacherEnsemble) or "teachers" in source:
+            self._load_ensemble_checkpoint(checkpoint, source)
+            return
         state = checkpoint["state_dict"]
         saved_sha = source.get("sha256")
         if any(k.startswith(TEACHER_PREFIX) for k in state):
@@ -318,6 +492,49 @@ class KDModule(LightningKDModule):
                 "weights. Point teacher_checkpoint at the original file, or start a new run "
                 "without ckpt_path."
             )
+        for key, value in self.teacher.state_dict().items():
+            state[TEACHER_PREFIX + key] = value
+
+    def _load_ensemble_checkpoint(self, checkpoint: dict[str, Any], source: dict[str, Any]) -> None:
+        """:meth:`on_load_checkpoint` with ``teachers``: every member is checked (and, when
+        the weights were left out, reloaded) as the single teacher is."""
+        recorded = source.get("teachers")
+        ours = len(self.teacher) if isinstance(self.teacher, TeacherEnsemble) else None
+        theirs = len(recorded) if isinstance(recorded, list) else None
+        if ours is None or theirs is None or ours != theirs:
+            raise ValueError(
+                f"this checkpoint was trained with {_teacher_count(theirs)}, but this module "
+                f"has {_teacher_count(ours)}: use the teachers it was trained with"
+            )
+        assert isinstance(self.teacher, TeacherEnsemble) and isinstance(recorded, list)
+        state = checkpoint["state_dict"]
+        members = list(zip(self.teacher.members, self.teacher_sources, recorded, strict=True))
+        if any(k.startswith(TEACHER_PREFIX) for k in state):
+            for k, (_, own, saved) in enumerate(members):
+                if saved.get("sha256") is not None and own["sha256"] not in (None, saved["sha256"]):
+                    rank_zero_warn(
+                        f"teacher {k}: the file {own['path']} (sha256 {own['sha256']}) is not the "
+                        f"one this checkpoint was trained with ({saved.get('path')}, sha256 "
+                        f"{saved['sha256']}); the checkpoint's own copy of the original teacher "
+                        "is used"
+                    )
+            return
+        # The teachers' weights were left out: put back those loaded at construction.
+        for k, (member, own, saved) in enumerate(members):
+            if member.checkpoint is None:
+                raise ValueError(
+                    f"teacher {k}: this checkpoint has no teacher weights (it was saved with "
+                    f"save_teacher_weights=False from {saved.get('path')!r}); set teachers[{k}]'s "
+                    "checkpoint to that file"
+                )
+            if saved.get("sha256") is not None and saved["sha256"] != own["sha256"]:
+                raise ValueError(
+                    f"teacher {k}: checkpoint {own['path']} has sha256 {own['sha256']}, but this "
+                    f"checkpoint was trained with the teacher {saved.get('path')} of sha256 "
+                    f"{saved['sha256']}, and it holds no copy of its weights. Point "
+                    f"teachers[{k}]'s checkpoint at the original file, or start a new run "
+                    "without ckpt_path."
+                )
         for key, value in self.teacher.state_dict().items():
             state[TEACHER_PREFIX + key] = value
 
@@ -376,3 +593,73 @@ def _sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _teacher_network(
+    teacher: nn.Module | None,
+    teachers: list[Teacher] | None,
+    ensemble: EnsembleMode,
+    *,
+    teacher_checkpoint: str | None,
+    teacher_mean: list[float] | None,
+    teacher_std: list[float] | None,
+) -> nn.Module:
+    """The module registered as ``teacher``: the one network, or a :class:`TeacherEnsemble`.
+
+    Raises:
+        ValueError: On both or neither of ``teacher`` and ``teachers``, single-teacher
+            settings given with ``teachers``, or an invalid ensemble (see
+            :class:`TeacherEnsemble`).
+    """
+    if (teacher is None) == (teachers is None):
+        given = "both" if teacher is not None else "neither"
+        raise ValueError(
+            "give exactly one of teacher (one network) and teachers (a list of "
+            f"lightning_kd.modules.Teacher), got {given}"
+        )
+    if teacher is not None:
+        if ensemble != "probabilities":
+            raise ValueError(
+                f"ensemble={ensemble!r} combines several teachers; with one teacher leave it out"
+            )
+        return teacher
+    assert teachers is not None
+    single = {
+        "teacher_checkpoint": teacher_checkpoint,
+        "teacher_mean": teacher_mean,
+        "teacher_std": teacher_std,
+    }
+    also = sorted(name for name, value in single.items() if value is not None)
+    if also:
+        raise ValueError(
+            f"with teachers, each Teacher has its own checkpoint, mean and std; got {also} "
+            "for the module as well: move them into the Teacher entries"
+        )
+    return TeacherEnsemble(teachers, mode=ensemble)
+
+
+def _check_reloadable(teacher: nn.Module, teacher_checkpoint: str | None) -> None:
+    """``save_teacher_weights=False`` needs every teacher's weights file.
+
+    Raises:
+        ValueError: Naming the teacher that has none.
+    """
+    if isinstance(teacher, TeacherEnsemble):
+        missing = [k for k, member in enumerate(teacher.members) if member.checkpoint is None]
+        if missing:
+            raise ValueError(
+                "save_teacher_weights=False needs every teacher's checkpoint (the file it is "
+                f"reloaded from); teachers {missing} have checkpoint=None"
+            )
+    elif teacher_checkpoint is None:
+        raise ValueError(
+            "save_teacher_weights=False needs teacher_checkpoint (the file the teacher is "
+            "reloaded from), got teacher_checkpoint=None"
+        )
+
+
+def _teacher_count(count: int | None) -> str:
+    """``"one teacher (teacher=...)"`` for ``None``, else ``"an ensemble of K teachers"``."""
+    if count is None:
+        return "one teacher (teacher=...)"
+    return f"an ensemble of {count} teacher{'s' if count != 1 else ''} (teachers=...)"

@@ -17,8 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_kd.losses.crd import CRDMemory, crd_objective
+from lightning_kd.losses.ctkd import GlobalTemperature, ctkd_kd_loss, ctkd_lambda
+from lightning_kd.losses.dist import dist_loss
 from lightning_kd.losses.dkd import dkd_loss
 from lightning_kd.losses.feature import attention_transfer_loss, hint_loss
+from lightning_kd.losses.logit import standardize_logits
 from lightning_kd.losses.relation import rkd_angle_loss, rkd_distance_loss
 from lightning_kd.modules.projectors import LinearEmbedding, projector_for
 from lightning_kd.schedules import linear_warmup
@@ -92,6 +95,12 @@ class DistillationTerm(nn.Module):
     def update(self, inputs: TermInputs) -> None:
         """Explicit state update for a batch, called after its backward pass (no-op by
         default)."""
+
+    def logged_values(self, inputs: TermInputs) -> dict[str, Tensor]:
+        """Extra scalars to log for this batch, keyed by name (logged as
+        ``train/<name>_step`` / ``_epoch``); none by default. Detached, and computed from the
+        term's state and ``inputs``, never stored by :meth:`forward`."""
+        return {}
 
     def forward(self, inputs: TermInputs) -> Tensor:
         """The unweighted loss of this term for one batch (a scalar)."""
@@ -327,12 +336,18 @@ class DKDTerm(DistillationTerm):
     the term's weight ramped linearly from ``1 / warmup_epochs`` at epoch 0 to 1 at epoch
     ``warmup_epochs - 1`` and after (the paper's warm-up, epochs counted from 1).
 
+    With ``logit_standardization=True`` (DKD + LS, Sun et al., CVPR 2024) both logit rows are
+    z-scored (:func:`~lightning_kd.losses.standardize_logits`, not detached) before the
+    temperature softmax; the authors then multiply ``alpha`` and ``beta`` by their KD weight and
+    use a base temperature of 2 or 3 (``configs/cifar100/methods/dkd_ls/``).
+
     Args:
         alpha: weight of the target-class term (1.0).
         beta: weight of the non-target-class term (8.0 for CIFAR-100 ResNet pairs).
         temperature: softmax temperature (4.0).
         warmup_epochs: length of the linear warm-up of the weight (20); 0 disables it.
         weight: weight in the objective after the warm-up.
+        logit_standardization: z-score the student's and the teacher's logits per row first.
     """
 
     name = "dkd"
@@ -344,6 +359,7 @@ class DKDTerm(DistillationTerm):
         temperature: float = 4.0,
         warmup_epochs: int = 20,
         weight: float = 1.0,
+        logit_standardization: bool = False,
     ) -> None:
         super().__init__(weight)
         if warmup_epochs < 0:
@@ -352,16 +368,122 @@ class DKDTerm(DistillationTerm):
         self.beta = beta
         self.temperature = temperature
         self.warmup_epochs = warmup_epochs
+        self.logit_standardization = logit_standardization
 
     def weight_at(self, epoch: int) -> float:
         return self.weight * linear_warmup(epoch + 1, self.warmup_epochs, 0.0, 1.0)
 
     def forward(self, inputs: TermInputs) -> Tensor:
+        student, teacher = inputs.student_logits, inputs.teacher_logits
+        if self.logit_standardization:
+            student, teacher = standardize_logits(student), standardize_logits(teacher)
         return dkd_loss(
-            inputs.student_logits,
-            inputs.teacher_logits,
+            student,
+            teacher,
             inputs.targets,
             alpha=self.alpha,
             beta=self.beta,
             temperature=self.temperature,
         )
+
+
+class DISTTerm(DistillationTerm):
+    """DIST (Huang et al., NeurIPS 2022): Pearson correlation of the softened class
+    probabilities of student and teacher, per sample (inter-class) and per class over the batch
+    (intra-class), ``beta * inter + gamma * intra``, each times ``tau^2``
+    (:func:`~lightning_kd.losses.dist_loss`).
+
+    Under DDP the intra-class relation is taken over each process's own batch, as in the
+    authors' code (no gather).
+
+    Args:
+        beta: weight of the inter-class relation (1.0, the authors' value).
+        gamma: weight of the intra-class relation (1.0, the authors' value).
+        temperature: softmax temperature ``tau`` (4.0 on CIFAR-100, 1.0 on ImageNet).
+        weight: weight in the objective (the authors' CIFAR-100 runs use 2.0).
+    """
+
+    name = "dist"
+
+    def __init__(
+        self, beta: float = 1.0, gamma: float = 1.0, temperature: float = 4.0, weight: float = 1.0
+    ) -> None:
+        super().__init__(weight)
+        self.beta = beta
+        self.gamma = gamma
+        self.temperature = temperature
+
+    def forward(self, inputs: TermInputs) -> Tensor:
+        return dist_loss(
+            inputs.student_logits,
+            inputs.teacher_logits,
+            beta=self.beta,
+            gamma=self.gamma,
+            temperature=self.temperature,
+        )
+
+
+class CTKDTerm(DistillationTerm):
+    """Curriculum temperature KD (Li et al., AAAI 2023): Hinton's ``T^2 * KL`` at a learnable
+    global temperature ``T = 1 + 20 * sigmoid(g)`` that is trained *against* the student
+    through a gradient reversal whose weight follows a cosine curriculum from 0 to -1 over
+    ``curriculum_epochs`` (:mod:`lightning_kd.losses.ctkd`).
+
+    The parameter ``g`` lives in :attr:`temperature` (a
+    :class:`~lightning_kd.losses.ctkd.GlobalTemperature` registered on this term, hence on the
+    LightningModule): it is in the optimizer (with the student's learning rate and weight decay,
+    as in the authors' code), in checkpoints, and in DDP's gradient all-reduce, so it stays the
+    same on every process. The epoch passed to the curriculum is Lightning's 0-based epoch plus
+    one (the authors count epochs from 1). The temperature and the reversal weight are logged as
+    ``train/ctkd_temperature_*`` and ``train/ctkd_lambda_*``.
+
+    Args:
+        min_temperature: lower end of ``T`` (the authors' ``t_start``, 1.0).
+        temperature_range: width of the range of ``T`` (the authors' ``t_end``, 20.0).
+        init: initial value of ``g`` (1.0, so ``T`` starts at 15.62).
+        curriculum_epochs: epochs of the cosine curriculum (the authors' ``decay_loops``, 10).
+        lambda_start: reversal weight at its start (``decay_max``, 0.0).
+        lambda_end: reversal weight at its end and after (``decay_min``, -1.0).
+        weight: weight in the objective (0.9 in the authors' CIFAR runs, with CE at 0.1).
+    """
+
+    name = "ctkd"
+
+    def __init__(
+        self,
+        min_temperature: float = 1.0,
+        temperature_range: float = 20.0,
+        init: float = 1.0,
+        curriculum_epochs: int = 10,
+        lambda_start: float = 0.0,
+        lambda_end: float = -1.0,
+        weight: float = 0.9,
+    ) -> None:
+        super().__init__(weight)
+        if curriculum_epochs <= 0:
+            raise ValueError(f"curriculum_epochs must be > 0, got {curriculum_epochs}")
+        self.temperature = GlobalTemperature(min_temperature, temperature_range, init)
+        self.curriculum_epochs = curriculum_epochs
+        self.lambda_start = lambda_start
+        self.lambda_end = lambda_end
+
+    def lambda_at(self, epoch: int) -> float:
+        """The gradient-reversal weight at Lightning's (0-based) ``epoch``."""
+        return ctkd_lambda(
+            epoch + 1,
+            num_epochs=self.curriculum_epochs,
+            start=self.lambda_start,
+            end=self.lambda_end,
+        )
+
+    def forward(self, inputs: TermInputs) -> Tensor:
+        temperature = self.temperature(self.lambda_at(inputs.epoch))
+        return ctkd_kd_loss(inputs.student_logits, inputs.teacher_logits, temperature)
+
+    @torch.no_grad()
+    def logged_values(self, inputs: TermInputs) -> dict[str, Tensor]:
+        lambda_ = self.lambda_at(inputs.epoch)
+        return {
+            "ctkd_temperature": self.temperature(lambda_).detach(),
+            "ctkd_lambda": torch.tensor(lambda_, device=self.temperature.g.device),
+        }
