@@ -242,6 +242,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="key=value placeholders")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="CLI overrides")
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks/results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: aggregate the runs that have finished (summary.json) so far",
+    )
     args = parser.parse_args()
 
     grid = yaml.safe_load(args.grid.read_text())
@@ -261,6 +266,9 @@ def main() -> None:
     for seed in args.seeds:
         for method in methods:
             spec = grid["methods"][method]
+            done = args.out / method / f"seed{seed}" / "summary.json"
+            if args.report_only and not done.is_file():
+                continue
             overrides = _substitute(grid.get("overrides", []) + spec.get("overrides", []), mapping)
             result = run_one(
                 method,
