@@ -29,6 +29,10 @@ than what its config says:
   data order and views) and logs into the same version folder of the run it continues.
 * One flat, filterable hyperparameter record per run in TensorBoard's HPARAMS tab, with
   ``hp_metric`` the validation accuracy; a rich progress bar with the method's loss parts.
+* Tools around training, each with its own options (``--help``): ``lightning-kd cache``
+  (a teacher cache of a KD config, :mod:`lightning_kd.caching`), ``lightning-kd report`` (the
+  compression report, :mod:`lightning_kd.report`) and ``lightning-kd export`` (ONNX /
+  TorchScript / state dict, :mod:`lightning_kd.export`).
 * Errors: the library's own message is printed once, as the last line, without the argument
   parser's noise; ``--verbose`` (or ``LIGHTNING_KD_VERBOSE=1``) shows the full traceback.
   A run that fails before its first training step leaves no empty log folder behind.
@@ -534,6 +538,9 @@ def main(args: list[str] | None = None) -> None:
     if "--verbose" in argv:
         argv.remove("--verbose")
         verbose = True
+    if argv and argv[0] in TOOL_COMMANDS:
+        _run_tool(argv[0], argv[1:], verbose=verbose)
+        return
     KDLightningCLI.log_folder = {}
     if args is None:
         sys.argv[1:] = argv  # without --verbose; LightningCLI reads sys.argv itself
@@ -545,11 +552,41 @@ def main(args: list[str] | None = None) -> None:
         _remove_new_empty_log_folder(KDLightningCLI.log_folder)
         if verbose or isinstance(error, KeyboardInterrupt):
             raise
-        message, usage = user_message(error)
-        sys.stdout.flush()
-        sys.stderr.write(f"lightning-kd: error: {message}\n")
-        sys.stderr.flush()
-        raise SystemExit(2 if usage else 1) from None
+        _exit_with(error, "lightning-kd")
+
+
+def _exit_with(error: BaseException, prog: str) -> None:
+    """Print ``<prog>: error: <the library's one-line message>`` as the last line and exit with
+    status 1 (2 for a command-line usage error)."""
+    message, usage = user_message(error)
+    sys.stdout.flush()
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2 if usage else 1) from None
+
+
+#: The commands around training, each ``module:function`` taking its own arguments (a list of
+#: strings) and parsing them itself: ``lightning-kd cache|report|export ...``.
+TOOL_COMMANDS = {
+    "cache": "lightning_kd.caching.command:main",
+    "report": "lightning_kd.report.command:main",
+    "export": "lightning_kd.export:main",
+}
+
+
+def _run_tool(name: str, argv: list[str], *, verbose: bool) -> None:
+    """Run one of :data:`TOOL_COMMANDS` with the CLI's error handling: the library's message
+    once, as the last line, exit status 1 (``--verbose`` shows the traceback)."""
+    module_name, function_name = TOOL_COMMANDS[name].split(":")
+    function = getattr(importlib.import_module(module_name), function_name)
+    try:
+        function(argv)
+    except SystemExit:
+        raise
+    except BaseException as error:
+        if verbose or isinstance(error, KeyboardInterrupt):
+            raise
+        _exit_with(error, f"lightning-kd {name}")
 
 
 def _remove_new_empty_log_folder(record: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from functools import partial
 import pytest
 import torch
 from tiny import ConstantNet, TinyData, TinyNet, trainer
+from torch import nn
 
 from lightning_kd.modules import ClassifierModule
 
@@ -80,3 +81,15 @@ def test_learns_a_learnable_task() -> None:
     t.fit(module, datamodule=data)
     (result,) = t.test(module, datamodule=data, verbose=False)
     assert result["test/acc"] > 0.8
+
+
+def test_others_smoothing_of_a_mixed_target_by_hand() -> None:
+    # A 0.7 / 0.3 mix of classes 0 and 1, eps = 0.3, C = 4: smoothing each one-hot gives
+    # [0.7, 0.1, 0.1, 0.1] and [0.1, 0.7, 0.1, 0.1]; mixed: [0.52, 0.28, 0.1, 0.1].
+    module = ClassifierModule(nn.Linear(2, 4), label_smoothing=0.3, label_smoothing_mode="others")
+    probabilities = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    mixed = torch.tensor([[0.7, 0.3, 0.0, 0.0]])
+    loss = module.classification_loss(probabilities.log(), mixed)
+    expected = -(0.52 * math.log(0.4) + 0.28 * math.log(0.3) + 0.1 * math.log(0.2))
+    expected -= 0.1 * math.log(0.1)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)

@@ -57,6 +57,7 @@ METHODS = {
     "mlkd",
     "mlkd_ls",
     "reviewkd",
+    "funmatch",
 }
 
 

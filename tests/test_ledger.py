@@ -204,3 +204,55 @@ def test_every_method_of_the_cpu_ledger_runs_one_batch(
     cli = build_cli(args)
     assert cli.trainer.global_step == 1
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_both_arms_of_the_cache_ledger_run_one_batch(
+    cifar10_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/ledger/cifar10_cache.yaml as benchmarks/cache_end_to_end.py runs it: the
+    cache built by `lightning-kd cache` from the online arm's config, then each arm for one
+    batch."""
+    import string
+
+    import yaml
+
+    from lightning_kd.cli import build_cli, main
+    from lightning_kd.models import SmallCNN
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ledger
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    torch.save(SmallCNN(num_classes=10, width=48).state_dict(), tmp_path / "teacher.pt")
+    mapping = {
+        "data_dir": str(cifar10_dir),
+        "root": str(ROOT),
+        "teacher": str(tmp_path / "teacher.pt"),
+        "cache": str(tmp_path / "cache"),
+    }
+    grid = yaml.safe_load((ROOT / "benchmarks/ledger/cifar10_cache.yaml").read_text())
+    small = ["--data.init_args.train_subset=null", "--data.init_args.batch_size=16"]
+
+    def arm(method: str) -> list[str]:
+        spec = grid["methods"][method]
+        args: list[str] = []
+        for config in spec["configs"]:
+            args += ["--config", ledger._config_file(ROOT / config, mapping, tmp_path)]
+        overrides = grid.get("overrides", []) + spec.get("overrides", [])
+        return args + [string.Template(o).substitute(mapping) for o in overrides] + small
+
+    main(["cache", *arm("kd_online"), "--epochs", "1", "--out", mapping["cache"], "--no-progress"])
+    for method in grid["methods"]:
+        cli = build_cli(
+            [
+                "fit",
+                *arm(method),
+                "--trainer.fast_dev_run=1",
+                f"--trainer.default_root_dir={tmp_path / method}",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+        assert cli.trainer.global_step == 1
+        assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+        assert cli.model.teacher_is_online == (method == "kd_online")

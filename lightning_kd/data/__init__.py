@@ -9,10 +9,11 @@ from lightning_kd.data.cifar import (
     CIFAR10DataModule,
     CIFAR100DataModule,
 )
-from lightning_kd.data.datamodule import ImageDataModule
+from lightning_kd.data.datamodule import ImageDataModule, ViewKeys
 from lightning_kd.data.datasets import TensorImageDataset, collate_batch
 from lightning_kd.data.image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataModule
 from lightning_kd.data.keyed_random import SampleKeys, epoch_permutation
+from lightning_kd.data.mixing import CutMix, MixingTransform, MixUp
 from lightning_kd.data.ops import normalize, normalize_constants
 from lightning_kd.data.samplers import CyclingDistributedSampler, EpochSampler, ResumableDataLoader
 from lightning_kd.data.semi_supervised import (
@@ -42,10 +43,13 @@ __all__ = [
     "CIFAR100DataModule",
     "CIFAR100SSLDataModule",
     "CropFlip",
+    "CutMix",
     "CyclingDistributedSampler",
     "EpochSampler",
     "ImageDataModule",
     "ImageFolderDataModule",
+    "MixUp",
+    "MixingTransform",
     "MultiCropViews",
     "NormalizedViews",
     "RandAugmentView",
@@ -55,6 +59,7 @@ __all__ = [
     "StrongAugment",
     "TensorImageDataset",
     "TwoViews",
+    "ViewKeys",
     "collate_batch",
     "epoch_permutation",
     "normalize",

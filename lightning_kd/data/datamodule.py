@@ -20,14 +20,22 @@ Batches the model receives (after :meth:`ImageDataModule.on_after_batch_transfer
 * training, one-view transform: ``[images (B, 3, H, W) float32, targets (B,) int64]``;
 * training, multi-view transform: ``[views, targets]``, ``views`` a list of float32
   ``(B, 3, s, s)`` tensors in the transform's order;
+* training, mixing transform (:class:`~lightning_kd.data.mixing.MixUp`,
+  :class:`~lightning_kd.data.mixing.CutMix`): the (mixed) views as above, and ``targets``
+  float32 ``(B, C)`` soft targets ``lam * onehot(y_i) + (1 - lam) * onehot(y_j)`` (see
+  :meth:`ImageDataModule.training_views`);
 * with ``return_indices``, each training batch also carries int64 ``(B,)`` positions in the
   training set (for per-sample state such as CRD's memory bank);
+* with ``return_keys``, each training batch ends with its :class:`ViewKeys` (the epoch its
+  views are drawn for, and each image's sample index and position), what a teacher cache
+  (:mod:`lightning_kd.caching`) looks its outputs up by;
 * validation / test / predict: ``[images float32, targets int64]``, never augmented.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -40,6 +48,7 @@ from typing_extensions import override
 from lightning_kd.data.datasets import TensorImageDataset, collate_batch
 from lightning_kd.data.feature_bank import bank_shard, check_shard
 from lightning_kd.data.keyed_random import SampleKeys, sample_seed
+from lightning_kd.data.mixing import MixedViews, MixingTransform, mixed_targets
 from lightning_kd.data.ops import normalize_constants
 from lightning_kd.data.samplers import EpochSampler, ResumableDataLoader
 from lightning_kd.data.splits import (
@@ -52,7 +61,23 @@ from lightning_kd.data.splits import (
 from lightning_kd.data.transforms import BatchTransform, CropFlip
 from lightning_kd.distributed import world_size_and_rank
 
-__all__ = ["ImageDataModule"]
+__all__ = ["ImageDataModule", "ViewKeys"]
+
+
+@dataclass(frozen=True)
+class ViewKeys:
+    """What the views of one training batch are a function of (with ``return_keys``).
+
+    Attributes:
+        epoch: The epoch the views were drawn for (``epoch % view_epochs`` with
+            ``view_epochs``).
+        samples: int64 ``(B,)`` sample indices (index in the dataset file) the draws are keyed by.
+        positions: int64 ``(B,)`` positions in the training set ``[0, len(train_dataset))``.
+    """
+
+    epoch: int
+    samples: Tensor
+    positions: Tensor
 
 
 class ImageDataModule(LightningDataModule):
@@ -90,11 +115,20 @@ class ImageDataModule(LightningDataModule):
             ``[0, len(train_dataset))``, for methods with per-sample state (CRD).
         transform: The training batch transform (:mod:`lightning_kd.data.transforms`), e.g.
             :class:`~lightning_kd.data.transforms.MultiCropViews` for DINO; ``None`` is
-            :class:`~lightning_kd.data.transforms.CropFlip` (pad 4, flip). Not stored in
-            ``hparams`` (the CLI records it in its config).
+            :class:`~lightning_kd.data.transforms.CropFlip` (pad 4, flip). A mixing transform
+            (:class:`~lightning_kd.data.mixing.MixUp`, :class:`~lightning_kd.data.mixing.CutMix`)
+            mixes each training view with the keyed view of a partner image of the training set
+            and makes the training targets soft ``(B, C)``. Not stored in ``hparams`` (the CLI
+            records it in its config).
         view_seed: Seed of the training order and of every augmentation draw. ``None`` (the
             default) uses the run's seed (``seed_everything``, i.e. ``PL_GLOBAL_SEED``), so
             runs with different seeds see different orders and views.
+        view_epochs: Repeat the views of the first ``view_epochs`` epochs: epoch ``e`` draws
+            the views of epoch ``e % view_epochs`` (its order still changes every epoch).
+            ``None`` (default): every epoch has its own views. A teacher cache built for
+            ``E`` epochs serves a longer run exactly with ``view_epochs <= E``.
+        return_keys: Training batches end with their :class:`ViewKeys`. Set by modules that
+            look per-view values up (a ``teacher_cache``); ``False`` by default.
 
     Raises:
         ValueError: If an argument is out of range.
@@ -122,6 +156,8 @@ class ImageDataModule(LightningDataModule):
         return_indices: bool = False,
         transform: BatchTransform | None = None,
         view_seed: int | None = None,
+        view_epochs: int | None = None,
+        return_keys: bool = False,
     ) -> None:
         super().__init__()
         if not hasattr(type(self), "mean") or not hasattr(type(self), "std"):
@@ -151,6 +187,8 @@ class ImageDataModule(LightningDataModule):
             )
         if view_seed is not None and view_seed < 0:
             raise ValueError(f"view_seed must be >= 0 or None, got {view_seed}")
+        if view_epochs is not None and view_epochs < 1:
+            raise ValueError(f"view_epochs must be >= 1 or None, got {view_epochs}")
         self.save_hyperparameters(ignore=["transform"])
 
         self.data_dir = data_dir
@@ -168,6 +206,8 @@ class ImageDataModule(LightningDataModule):
         self.return_indices = return_indices
         self.transform: BatchTransform = transform if transform is not None else CropFlip()
         self._view_seed = view_seed
+        self.view_epochs = view_epochs
+        self.return_keys = return_keys
 
         self.train_dataset: TensorImageDataset | None = None
         self.val_dataset: TensorImageDataset | None = None
@@ -433,7 +473,10 @@ class ImageDataModule(LightningDataModule):
         """The normalised training views of a batch: ``transform`` keyed by
         ``(view_seed, epoch, sample_indices)``, then :meth:`normalize_batch`.
 
-        Any view of a run can be recomputed with this from the sample's index and epoch.
+        Any view of a run can be recomputed with this from the sample's index and epoch. With a
+        mixing transform (:class:`~lightning_kd.data.mixing.MixUp`, ...) the views are the mixed
+        ones: each image's partner is drawn from its keys among the images of
+        :attr:`train_dataset` and fetched from there (so ``setup("fit")`` must have run).
 
         Args:
             images: ``uint8 (B, 3, H, W)`` on any device.
@@ -445,16 +488,76 @@ class ImageDataModule(LightningDataModule):
             ``transform.num_views`` float32 views.
         """
         keys = SampleKeys(self.view_seed, epoch, sample_indices)
+        if isinstance(self.transform, MixingTransform):
+            views = self._mix(self.transform, images, keys)[0].views
+            return [self.normalize_batch(v) for v in views]
         return [self.normalize_batch(v) for v in self.transform(images, keys)]
+
+    def training_views(
+        self, images: Tensor, targets: Tensor, sample_indices: Tensor, epoch: int
+    ) -> tuple[list[Tensor], Tensor]:
+        """The normalised training views of a batch and the targets the model trains on.
+
+        Args:
+            images: ``uint8 (B, 3, H, W)`` on any device.
+            targets: int64 ``(B,)`` labels of the images, on their device.
+            sample_indices: int64 ``(B,)`` sample indices (index in the training file).
+            epoch: The epoch the views are drawn for.
+
+        Returns:
+            ``(views, targets)``: the views of :meth:`make_views`; ``targets`` as given for a
+            plain transform, and for a mixing transform float32 ``(B, C)`` soft targets
+            ``lam * onehot(y_i) + (1 - lam) * onehot(y_j)``
+            (:func:`~lightning_kd.data.mixing.mixed_targets`), rows summing to 1, ``lam`` the
+            weight of image ``i`` in its view and ``j`` its partner.
+        """
+        transform = self.transform
+        if not isinstance(transform, MixingTransform):
+            return self.make_views(images, sample_indices, epoch), targets
+        keys = SampleKeys(self.view_seed, epoch, sample_indices)
+        mixed, partner_targets = self._mix(transform, images, keys)
+        soft = mixed_targets(targets, partner_targets, mixed.lam, self.num_classes)  # (B, C)
+        return [self.normalize_batch(v) for v in mixed.views], soft
+
+    def _mix(
+        self, transform: MixingTransform, images: Tensor, keys: SampleKeys
+    ) -> tuple[MixedViews, Tensor]:
+        """Draw each image's partner in :attr:`train_dataset`, fetch it (image, label, sample
+        index for its keys) to the images' device and mix: ``(mixed views, partner labels
+        (B,))``.
+
+        Raises:
+            RuntimeError: If there is no training dataset yet.
+        """
+        dataset = self.train_dataset
+        if dataset is None:
+            raise RuntimeError(
+                f"{transform!r} draws each image's partner from the training set: call "
+                "setup('fit') before making training views"
+            )
+        device = images.device
+        positions = transform.partners(keys, len(dataset)).cpu()  # (B,) positions in the set
+        partner_images = dataset.images.index_select(0, positions).to(device)
+        partner_samples = dataset.file_indices.index_select(0, positions).to(device)
+        partner_targets = dataset.targets.index_select(0, positions).to(device)
+        partner_keys = SampleKeys(keys.seed, keys.epoch, partner_samples)
+        return transform.mix_batch(images, keys, partner_images, partner_keys), partner_targets
+
+    def view_epoch(self, epoch: int) -> int:
+        """The epoch whose views epoch ``epoch`` draws: ``epoch % view_epochs``, or ``epoch``."""
+        return epoch % self.view_epochs if self.view_epochs is not None else epoch
 
     def training_batch(self, batch: list[Any]) -> list[Any]:
         """A keyed ``uint8`` training batch -> the model's training batch (module docstring)."""
         images, targets, samples, positions, epoch = batch
-        views = self.make_views(images, samples, epoch)
+        epoch = self.view_epoch(epoch)
+        views, targets = self.training_views(images, targets, samples, epoch)
         first: Any = views[0] if self.transform.num_views == 1 else views
         out = [first, targets]
         if self.return_indices:
             out.append(positions)
+        if self.return_keys:
+            out.append(ViewKeys(epoch, samples, positions))
         return out
 
     @override

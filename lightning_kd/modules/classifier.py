@@ -61,9 +61,16 @@ class ClassifierModule(LightningKDModule):
         return self.model(x)
 
     def classification_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy of ``(B, C)`` logits against ``(B,)`` labels, smoothed as configured."""
+        """Cross-entropy of ``(B, C)`` logits against ``(B,)`` labels or ``(B, C)`` soft
+        targets (a mixing transform's), smoothed as configured."""
         if self.label_smoothing > 0 and self.label_smoothing_mode == "others":
-            soft = smooth_labels(targets, logits.shape[1], epsilon=self.label_smoothing)
+            if targets.dim() == 2:
+                # Smoothing is linear in the one-hot target, so smoothing the mixed target
+                # equals mixing the smoothed ones: t (1 - eps) + (1 - t) eps / (C - 1).
+                off = self.label_smoothing / (logits.shape[1] - 1)
+                soft = targets.float() * (1 - self.label_smoothing - off) + off
+            else:
+                soft = smooth_labels(targets, logits.shape[1], epsilon=self.label_smoothing)
             return soft_cross_entropy(logits, soft)
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 

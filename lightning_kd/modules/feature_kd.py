@@ -46,9 +46,10 @@ class FeatureKDModule(KDModule):
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module,
+        teacher: nn.Module | None = None,
         *,
         terms: list[DistillationTerm] | None = None,
+        teacher_cache: str | None = None,
         ce_weight: float = 1.0,
         kd_weight: float = 0.0,
         temperature: float = 4.0,
@@ -70,6 +71,7 @@ class FeatureKDModule(KDModule):
         super().__init__(
             student,
             teacher,
+            teacher_cache=teacher_cache,
             teacher_checkpoint=teacher_checkpoint,
             student_checkpoint=student_checkpoint,
             save_teacher_weights=save_teacher_weights,
@@ -105,6 +107,27 @@ class FeatureKDModule(KDModule):
         self._student_taps = _make_taps(self.student, student_taps)
         self._teacher_taps = _make_taps(self.teacher, teacher_taps)
         self._pending_update: TermInputs | None = None
+        if teacher_cache is not None:
+            self.check_cacheable()
+
+    @override
+    def check_cacheable(self) -> None:
+        """A cache holds the teacher's logits only: refuse terms that read its features.
+
+        Raises:
+            ValueError: Naming the terms and the layers they read.
+        """
+        online = {
+            term.name: [name for name, _ in term.teacher_taps()]
+            for term in self.distillation_terms
+            if term.teacher_taps()
+        }
+        if online:
+            raise ValueError(
+                f"teacher_cache holds the teacher's logits only, but the terms {online} read "
+                "teacher features (name: layers), which need the teacher online: leave "
+                "teacher_cache out for this method"
+            )
 
     @property
     def distillation_terms(self) -> list[DistillationTerm]:
@@ -114,13 +137,17 @@ class FeatureKDModule(KDModule):
     @override
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         x, y = batch[0], batch[1]
-        indices = batch[2] if len(batch) > 2 else None
-        with torch.inference_mode():
-            teacher_logits = self.teacher_forward(x)
-            teacher_features = _pop(self._teacher_taps)
-        # Leave inference mode so losses may save these constants for the backward pass.
-        teacher_logits = teacher_logits.clone()
-        teacher_features = {k: v.clone() for k, v in teacher_features.items()}
+        indices = batch[2] if len(batch) > 2 and isinstance(batch[2], Tensor) else None
+        if self.teacher_is_cached:  # logit-only terms (check_cacheable)
+            teacher_logits = self.cached_teacher_outputs(batch)[:, 0, 0]
+            teacher_features: dict[Tap, Tensor] = {}
+        else:
+            with torch.inference_mode():
+                teacher_logits = self.teacher_forward(x)
+                teacher_features = _pop(self._teacher_taps)
+            # Leave inference mode so losses may save these constants for the backward pass.
+            teacher_logits = teacher_logits.clone()
+            teacher_features = {k: v.clone() for k, v in teacher_features.items()}
         student_logits = self.student(x)
         student_features = _pop(self._student_taps)
 

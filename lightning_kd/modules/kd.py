@@ -13,6 +13,16 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import Self, override
 
+from lightning_kd.caching.build import run_description
+from lightning_kd.caching.store import (
+    MANIFEST,
+    CacheManifest,
+    TeacherCache,
+    check_manifest_matches,
+    normalised_precision,
+    state_dict_sha256,
+)
+from lightning_kd.data.datamodule import ImageDataModule, ViewKeys
 from lightning_kd.losses import kd_loss, standardize_logits
 from lightning_kd.losses.ensemble import EnsembleMode, kd_loss_to_distribution
 from lightning_kd.metrics import top1_agreement, topk_correct
@@ -26,6 +36,7 @@ from lightning_kd.modules.base import (
     sgd,
 )
 from lightning_kd.modules.teachers import (
+    CachedTeachers,
     Teacher,
     TeacherEnsemble,
     teacher_metric_names,
@@ -53,6 +64,16 @@ class KDModule(LightningKDModule):
     To add a loss term, subclass and override :meth:`compute_losses`, reusing
     :meth:`teacher_logits` and :meth:`logit_losses`.
 
+    **A teacher cache.** With ``teacher_cache: DIR`` (built by ``lightning-kd cache`` from
+    this run's config) the teacher's training outputs are read from the cache, for the exact
+    view of each image in each epoch, instead of being recomputed; ``teacher`` (or
+    ``teachers``) may then be left out, and the run checks the cache was built for its
+    training set, transform, view seed, class count, precision and (when given) teacher
+    weights, naming the field that differs. With full fp32 logits the student trains exactly
+    as with the teacher online. Without the teacher network, evaluation logs no teacher
+    metrics. Modules that read teacher features (FitNets, AT, RKD, CRD, ReviewKD) need the
+    teacher online and refuse a cache.
+
     **Several teachers.** Instead of ``teacher``, ``teachers`` takes a list of
     :class:`~lightning_kd.modules.Teacher` s, each with its own ``network``, ``checkpoint``,
     ``weight`` and input ``mean`` / ``std``. The KD term is then ``T^2 KL(q || p_s(T))``
@@ -76,7 +97,10 @@ class KDModule(LightningKDModule):
         teachers: several pretrained teachers (see above), each a
             :class:`~lightning_kd.modules.Teacher`; instead of ``teacher``, and then without
             ``teacher_checkpoint`` / ``teacher_mean`` / ``teacher_std`` (each teacher has its
-            own).
+            own). Both may be left out with ``teacher_cache``.
+        teacher_cache: a folder written by ``lightning-kd cache`` (see above): the teachers'
+            training outputs are read from it. A run that trains more epochs than it covers is
+            refused unless the datamodule repeats views (``view_epochs``).
         ensemble: how ``teachers`` combine: ``"probabilities"`` (default) or ``"logits"``.
         teacher_checkpoint: optional path loaded into ``teacher`` at construction (a Lightning
             checkpoint of a ``ClassifierModule``, a plain ``state_dict``, or a torchvision
@@ -134,6 +158,7 @@ class KDModule(LightningKDModule):
         *,
         teachers: list[Teacher] | None = None,
         ensemble: EnsembleMode = "probabilities",
+        teacher_cache: str | None = None,
         teacher_checkpoint: str | None = None,
         student_checkpoint: str | None = None,
         save_teacher_weights: bool = True,
@@ -162,15 +187,34 @@ class KDModule(LightningKDModule):
                 "logit_standardization applies to one teacher's logits, got teachers= a list "
                 f"of {len(teachers)}; use teacher=, or logit_standardization=False"
             )
-        teacher = _teacher_network(
-            teacher,
-            teachers,
-            ensemble,
-            teacher_checkpoint=teacher_checkpoint,
-            teacher_mean=teacher_mean,
-            teacher_std=teacher_std,
-        )
-        if not save_teacher_weights:
+        #: The cache's manifest (read at construction when the teacher is left out, else at
+        #: setup) and its reader (opened at setup).
+        self.teacher_cache = teacher_cache
+        self.cache_manifest: CacheManifest | None = None
+        self._cache: TeacherCache | None = None
+        if teacher is None and teachers is None and teacher_cache is not None:
+            self.cache_manifest = _read_manifest(teacher_cache)
+            teacher = CachedTeachers(
+                [t["weight"] for t in self.cache_manifest.teachers],
+                mode=ensemble,
+                folder=str(Path(teacher_cache).expanduser().resolve()),
+            )
+            if teacher_checkpoint is not None or teacher_mean is not None:
+                raise ValueError(
+                    "teacher_checkpoint / teacher_mean belong to a teacher network, but the "
+                    "teacher is left out (teacher_cache supplies its outputs); give teacher= as "
+                    "well, or drop them"
+                )
+        else:
+            teacher = _teacher_network(
+                teacher,
+                teachers,
+                ensemble,
+                teacher_checkpoint=teacher_checkpoint,
+                teacher_mean=teacher_mean,
+                teacher_std=teacher_std,
+            )
+        if not save_teacher_weights and not isinstance(teacher, CachedTeachers):
             _check_reloadable(teacher, teacher_checkpoint)
         self.save_hyperparameters(
             ignore=object_arguments("student", "teacher", "teachers", "optimizer", "scheduler")
@@ -234,27 +278,189 @@ class KDModule(LightningKDModule):
     def setup(self, stage: str) -> None:
         """Build the teacher's input re-normalisation from the datamodule's ``mean`` / ``std``
         when ``teacher_mean`` (or a :class:`Teacher`'s ``mean``) is set and ``input_mean`` is
-        not."""
+        not; with ``teacher_cache``, open the cache and check it was built for this run."""
+        if self.needs_input_statistics:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+            if mean is None or std is None:
+                single = self.teacher_mean is not None
+                what = "teacher_mean / teacher_std" if single else "a Teacher's mean / std"
+                raise ValueError(
+                    f"{what} need the normalisation the batches arrive with; the datamodule "
+                    f"({type(datamodule).__name__}) has no mean / std: pass input_mean and "
+                    "input_std"
+                )
+            self.set_input_statistics(mean, std)
+        if self.teacher_cache is not None and stage == "fit":
+            self._open_cache()
+        super().setup(stage)
+
+    @property
+    def needs_input_statistics(self) -> bool:
+        """Whether a teacher re-normalises its input but the batches' statistics are unknown."""
         single = self.teacher_mean is not None and isinstance(self.teacher_input, nn.Identity)
         members = isinstance(self.teacher, TeacherEnsemble) and any(
             t.needs_input_statistics for t in self.teacher.members
         )
-        if single or members:
-            what = "teacher_mean / teacher_std" if single else "a Teacher's mean / std"
-            datamodule = getattr(self.trainer, "datamodule", None)
-            mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
-            if mean is None or std is None:
-                raise ValueError(
-                    f"{what} need the normalisation the batches arrive "
-                    f"with; the datamodule ({type(datamodule).__name__}) has no mean / std: "
-                    "pass input_mean and input_std"
+        return single or members
+
+    def set_input_statistics(self, mean: Any, std: Any) -> None:
+        """Batches arrive normalised with ``(mean, std)``: re-normalise them for each teacher
+        that expects other statistics (nothing when none does, or it is already set)."""
+        if self.teacher_mean is not None and isinstance(self.teacher_input, nn.Identity):
+            assert self.teacher_std is not None
+            self.teacher_input = Renormalize(mean, std, self.teacher_mean, self.teacher_std)
+        if isinstance(self.teacher, TeacherEnsemble):
+            self.teacher.set_input_statistics(mean, std)
+
+    # ------------------------------------------------------------------ teacher cache
+    @property
+    def teacher_is_cached(self) -> bool:
+        """Whether the training teacher outputs come from ``teacher_cache``."""
+        return self.teacher_cache is not None
+
+    @property
+    def teacher_is_online(self) -> bool:
+        """Whether the teacher network is here (not left out for a cache)."""
+        return not isinstance(self.teacher, CachedTeachers)
+
+    def check_cacheable(self) -> None:
+        """Refuse a cache when the loss needs more of the teacher than its logits (a subclass
+        that reads teacher features overrides this).
+
+        Raises:
+            ValueError: Never here; subclasses raise naming what they need.
+        """
+
+    @property
+    def cache_num_views(self) -> int:
+        """The views of each training image the loss reads the teacher on (1 here)."""
+        return 1
+
+    def cache_teachers(self) -> list[dict[str, Any]]:
+        """The teachers a cache built from this module records: per teacher its checkpoint
+        ``path`` and ``sha256``, the SHA-256 of its weights and its normalised ``weight``.
+
+        Raises:
+            ValueError: If the teacher network is left out (nothing to cache).
+        """
+        if not self.teacher_is_online:
+            raise ValueError(
+                "this config leaves the teacher network out (it trains from teacher_cache "
+                f"{self.teacher_cache}); lightning-kd cache needs the teacher: give the module "
+                "teacher= (or teachers=) with its checkpoint"
+            )
+        if isinstance(self.teacher, TeacherEnsemble):
+            members = [
+                (m.network, source, w)
+                for m, source, w in zip(
+                    self.teacher.members, self.teacher_sources, self.teacher.weights, strict=True
                 )
-            if single:
-                assert self.teacher_mean is not None and self.teacher_std is not None
-                self.teacher_input = Renormalize(mean, std, self.teacher_mean, self.teacher_std)
+            ]
+        else:
+            members = [(self.teacher, self.teacher_source, 1.0)]
+        return [
+            {
+                "path": source["path"],
+                "sha256": source["sha256"],
+                "weights_sha256": state_dict_sha256(network),
+                "weight": weight,
+            }
+            for network, source, weight in members
+        ]
+
+    def cache_outputs(self, views: list[Tensor]) -> Tensor:
+        """Every teacher's logits on every view of a chunk of training images, ``(R, V, K,
+        C)`` (what ``lightning-kd cache`` stores).
+
+        Args:
+            views: ``V`` normalised views ``(R, 3, H, W)``, as the training batch holds them.
+        """
+        per_view = []
+        for view in views:
             if isinstance(self.teacher, TeacherEnsemble):
-                self.teacher.set_input_statistics(mean, std)
-        super().setup(stage)
+                per_view.append(torch.stack(self.teacher.outputs(view), dim=1))  # (R, K, C)
+            else:
+                per_view.append(self.teacher_forward(view).unsqueeze(1))  # (R, 1, C)
+        return torch.stack(per_view, dim=1)
+
+    def cached_teacher_outputs(self, batch: Batch) -> Tensor:
+        """The cached teacher logits of a training batch, float32 ``(B, V, K, C)``, by the
+        :class:`~lightning_kd.data.ViewKeys` that ends the batch.
+
+        Raises:
+            ValueError: If the batch carries no keys.
+        """
+        keys = batch[-1]
+        if not isinstance(keys, ViewKeys) or self._cache is None:
+            raise ValueError(
+                "teacher_cache needs training batches that end with their ViewKeys "
+                "(ImageDataModule with return_keys=True, set at setup); got a batch ending in "
+                f"{type(keys).__name__}"
+            )
+        return self._cache.lookup(keys.epoch, keys.positions)
+
+    def training_teacher_outputs(self, batch: Batch, x: Tensor) -> list[Tensor]:
+        """Every teacher's ``(B, C)`` logits for the training batch's (first) view: from the
+        cache with ``teacher_cache``, else computed (:meth:`teacher_outputs`)."""
+        if self.teacher_is_cached:
+            return list(self.cached_teacher_outputs(batch)[:, 0].unbind(1))
+        return self.teacher_outputs(x)
+
+    def _open_cache(self) -> None:
+        """Open ``teacher_cache`` and refuse it unless it was built for this run (training
+        set, transform, view seed, classes, views, precision, teacher weights, epochs)."""
+        assert self.teacher_cache is not None
+        self.check_cacheable()
+        trainer = self.trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, ImageDataModule):
+            raise TypeError(
+                "teacher_cache needs an ImageDataModule (keyed training views, e.g. "
+                f"CIFAR10DataModule), got {type(datamodule).__name__}"
+            )
+        cache = TeacherCache(self.teacher_cache)
+        manifest = cache.manifest
+        expected = run_description(self, datamodule)
+        expected["precision"] = normalised_precision(trainer.precision)
+        check_manifest_matches(manifest, expected, folder=cache.folder)
+        if self.teacher_is_online:
+            ours = self.cache_teachers()
+            theirs = manifest.teachers
+            if len(ours) != len(theirs):
+                raise ValueError(
+                    f"teacher_cache {cache.folder} holds {len(theirs)} teacher(s), this module "
+                    f"has {len(ours)}: use the teachers it was built with, or rebuild it"
+                )
+            for k, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+                if a["weights_sha256"] != b["weights_sha256"]:
+                    raise ValueError(
+                        f"teacher_cache {cache.folder} was built with other teacher weights "
+                        f"(teacher {k}: {b['path']}, sha256 {b['sha256']}), not this run's "
+                        f"({a['path']}, sha256 {a['sha256']}): rebuild the cache with "
+                        "lightning-kd cache, or point teacher_cache at the one of this teacher"
+                    )
+        self._check_cache_epochs(manifest, datamodule, cache.folder)
+        datamodule.return_keys = True
+        self._cache = cache
+        self.cache_manifest = manifest
+
+    def _check_cache_epochs(
+        self, manifest: CacheManifest, datamodule: ImageDataModule, folder: Path
+    ) -> None:
+        """Refuse a run whose views go beyond the cached epochs."""
+        max_epochs = self.trainer.max_epochs
+        view_epochs = datamodule.view_epochs
+        limits = [v for v in (max_epochs, view_epochs) if v is not None and v > 0]
+        needed = min(limits) if limits else None
+        if needed is None or needed > manifest.epochs:
+            runs = "without an epoch limit" if max_epochs in (None, -1) else f"{max_epochs} epochs"
+            raise ValueError(
+                f"the run trains {runs} but teacher_cache {folder} covers epochs "
+                f"0..{manifest.epochs - 1}: build the cache with --epochs "
+                f"{needed or max_epochs}, train --trainer.max_epochs {manifest.epochs}, or "
+                f"repeat the cached views with --data.init_args.view_epochs {manifest.epochs}"
+            )
 
     @override
     def train(self, mode: bool = True) -> Self:
@@ -305,7 +511,7 @@ class KDModule(LightningKDModule):
         ``teacher<k>_acc``, ``teacher<k>_agreement``, ``teacher_agreement``
         (:func:`~lightning_kd.modules.teachers.teacher_metrics`), each a scalar.
         """
-        assert isinstance(self.teacher, TeacherEnsemble)
+        assert isinstance(self.teacher, TeacherEnsemble | CachedTeachers)
         target = self.teacher.target(teacher_logits, temperature=self.temperature)  # (B, C)
         ce = F.cross_entropy(student_logits.float(), targets)
         kd = kd_loss_to_distribution(student_logits, target, temperature=self.temperature)
@@ -361,12 +567,18 @@ class KDModule(LightningKDModule):
     @override
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         x, y = batch[0], batch[1]
-        if isinstance(self.teacher, TeacherEnsemble):
-            outputs = self.teacher_outputs(x)
+        outputs = self.training_teacher_outputs(batch, x)
+        if self.is_ensemble:
             return self.ensemble_logit_losses(self.student(x), outputs, y)
-        teacher_logits = self.teacher_logits(x)
         student_logits = self.student(x)
-        return self.logit_losses(student_logits, teacher_logits, y)
+        return self.logit_losses(student_logits, outputs[0], y)
+
+    @property
+    def is_ensemble(self) -> bool:
+        """Whether the module distils from several teachers (online or cached)."""
+        return isinstance(self.teacher, TeacherEnsemble) or (
+            isinstance(self.teacher, CachedTeachers) and len(self.teacher) > 1
+        )
 
     @override
     def evaluate(self, batch: Batch) -> dict[str, Tensor]:
@@ -377,6 +589,8 @@ class KDModule(LightningKDModule):
             "acc": topk_correct(student_logits, y, k=1),
             "acc_top5": topk_correct(student_logits, y, k=5),
         }
+        if not self.teacher_is_online:
+            return values  # the teacher is left out (teacher_cache): no teacher metrics
         if self.evaluate_teacher and isinstance(self.teacher, TeacherEnsemble):
             outputs = self.teacher.outputs(x)
             target = self.teacher.target(outputs, temperature=self.temperature)  # (B, C)
@@ -400,6 +614,24 @@ class KDModule(LightningKDModule):
     @override
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        if self._cache is not None:
+            manifest = self._cache.manifest
+            rank_zero_info(
+                f"teacher outputs: teacher_cache {self._cache.folder} ({manifest.epochs} epochs, "
+                f"{manifest.num_teachers} teacher(s), {manifest.dtype}, top_k={manifest.top_k})"
+            )
+            if not self.teacher_is_online:
+                for k, t in enumerate(manifest.teachers):
+                    found = (
+                        f"{t['path']} (sha256 {t['sha256']})"
+                        if t["path"] is not None
+                        else f"weights as constructed (weights sha256 {t['weights_sha256']})"
+                    )
+                    rank_zero_info(f"cached teacher {k}: {found}")
+                rank_zero_info(
+                    "the teacher network is left out: validation and test log no teacher metrics"
+                )
+                return
         if isinstance(self.teacher, TeacherEnsemble):
             for k, source in enumerate(self.teacher_sources):
                 weight = self.teacher.weights[k]
@@ -445,6 +677,12 @@ class KDModule(LightningKDModule):
                 for source, weight in zip(self.teacher_sources, self.teacher.weights, strict=True)
             ]
         record["student_init"] = dict(self.student_source)
+        if self.teacher_cache is not None:
+            manifest = self.cache_manifest
+            record["teacher_cache"] = {
+                "path": str(Path(self.teacher_cache).expanduser().resolve()),
+                "teachers": manifest.teachers if manifest is not None else None,
+            }
         if not self.save_teacher_weights:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
@@ -462,6 +700,8 @@ class KDModule(LightningKDModule):
                 with another number of teachers.
         """
         source = recorded_teacher(checkpoint)
+        if not self.teacher_is_online:
+            return  # no teacher weights to restore; the cache is checked at setup
         if isinstance(self.teacher, TeacherEnsemble) or "teachers" in source:
             self._load_ensemble_checkpoint(checkpoint, source)
             return
@@ -537,6 +777,22 @@ class KDModule(LightningKDModule):
                 )
         for key, value in self.teacher.state_dict().items():
             state[TEACHER_PREFIX + key] = value
+
+
+def _read_manifest(folder: str) -> CacheManifest:
+    """The manifest of the cache ``folder``.
+
+    Raises:
+        ValueError: If it has none.
+    """
+    path = Path(folder).expanduser() / MANIFEST
+    if not path.is_file():
+        raise ValueError(
+            f"teacher_cache {folder} has no {MANIFEST}, and the teacher network is left out: "
+            "build the cache first (lightning-kd cache --config <this config with the teacher> "
+            f"--out {folder})"
+        )
+    return CacheManifest.from_json(path.read_text(), source=str(path))
 
 
 def loss_weights(

@@ -53,9 +53,9 @@ class MLKDModule(KDModule):
     ``teacher_acc``, ``agreement`` on the weak view.
 
     Args:
-        student, teacher, teacher_checkpoint, student_checkpoint, save_teacher_weights,
-        evaluate_teacher, teacher_mean, teacher_std, input_mean, input_std, optimizer,
-        scheduler, scheduler_interval, channels_last, nonfinite_loss: as for
+        student, teacher, teacher_cache, teacher_checkpoint, student_checkpoint,
+        save_teacher_weights, evaluate_teacher, teacher_mean, teacher_std, input_mean, input_std,
+        optimizer, scheduler, scheduler_interval, channels_last, nonfinite_loss: as for
         :class:`~lightning_kd.modules.KDModule`.
         temperatures: MLKD's temperatures, each ``> 0``; the authors' ``(4, 3, 5, 2, 6)`` by
             default (MLKD + LS uses ``(2, 3, 5, 2, 6)``).
@@ -78,7 +78,7 @@ class MLKDModule(KDModule):
     def __init__(
         self,
         student: nn.Module,
-        teacher: nn.Module,
+        teacher: nn.Module | None = None,
         *,
         temperatures: tuple[float, ...] = MLKD_TEMPERATURES,
         variant: MLKDVariant = "paper",
@@ -86,6 +86,7 @@ class MLKDModule(KDModule):
         confidence_quantile: float = 0.5,
         ce_weight: float = 0.1,
         kd_weight: float = 0.9,
+        teacher_cache: str | None = None,
         teacher_checkpoint: str | None = None,
         student_checkpoint: str | None = None,
         save_teacher_weights: bool = True,
@@ -106,6 +107,7 @@ class MLKDModule(KDModule):
         super().__init__(
             student,
             teacher,
+            teacher_cache=teacher_cache,
             teacher_checkpoint=teacher_checkpoint,
             student_checkpoint=student_checkpoint,
             save_teacher_weights=save_teacher_weights,
@@ -134,12 +136,22 @@ class MLKDModule(KDModule):
         self.confidence_quantile = confidence_quantile
 
     @override
+    @property
+    @override
+    def cache_num_views(self) -> int:
+        """MLKD reads the teacher on both views: ``[weak, strong]``."""
+        return 2
+
     def compute_losses(self, batch: Batch) -> dict[str, Tensor]:
         weak, strong = two_views(batch)
         targets = batch[1]
         b = weak.shape[0]
-        teacher_logits = self.teacher_logits(torch.cat([weak, strong]))  # (2B, C)
-        teacher_weak, teacher_strong = teacher_logits[:b], teacher_logits[b:]
+        if self.teacher_is_cached:
+            cached = self.cached_teacher_outputs(batch)  # (B, 2, 1, C)
+            teacher_weak, teacher_strong = cached[:, 0, 0], cached[:, 1, 0]
+        else:
+            teacher_logits = self.teacher_logits(torch.cat([weak, strong]))  # (2B, C)
+            teacher_weak, teacher_strong = teacher_logits[:b], teacher_logits[b:]
         student_weak = self.student(weak)  # (B, C)
         student_strong = self.student(strong)  # (B, C)
         parts = mlkd_parts(

@@ -33,7 +33,7 @@ from lightning_kd.losses.ensemble import EnsembleMode, ensemble_targets, ensembl
 from lightning_kd.metrics import top1_agreement, topk_correct
 from lightning_kd.normalization import Renormalize
 
-__all__ = ["Teacher", "TeacherEnsemble", "teacher_metrics"]
+__all__ = ["CachedTeachers", "Teacher", "TeacherEnsemble", "teacher_metrics"]
 
 
 class Teacher(nn.Module):
@@ -166,6 +166,42 @@ class TeacherEnsemble(nn.ModuleList):
         raise TypeError(
             f"an ensemble of {len(self)} teachers has no logits of its own: use outputs(x) for "
             "each teacher's logits and target(...) for the combined distribution"
+        )
+
+
+class CachedTeachers(nn.Module):
+    """Stands in for teacher networks left out of a module that trains from a teacher cache
+    (``teacher_cache``): it holds no weights, only what the cache's manifest says of the
+    teachers (their normalised ``weights``, and how to combine several), and refuses to run.
+
+    Args:
+        weights: The teachers' normalised weights, from the cache's manifest.
+        mode: How several teachers' outputs combine (see :class:`TeacherEnsemble`).
+        folder: The cache folder (for messages).
+    """
+
+    def __init__(self, weights: Sequence[float], *, mode: EnsembleMode, folder: str) -> None:
+        super().__init__()
+        self.weights: list[float] = ensemble_weights(list(weights))
+        self.mode: EnsembleMode = mode
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def target(self, teacher_logits: Sequence[Tensor], *, temperature: float) -> Tensor:
+        """The combined ``(B, C)`` soft target of the cached logits of several teachers."""
+        return ensemble_targets(
+            teacher_logits, self.weights, temperature=temperature, mode=self.mode
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Refused: the teacher networks are not here."""
+        raise ValueError(
+            f"the teacher network was left out: its training outputs come from teacher_cache "
+            f"{self.folder}, which has none for this input (validation, test, predict, or "
+            "features). Give the module its teacher (teacher= or teachers=) as well, or set "
+            "evaluate_teacher=False"
         )
 
 

@@ -375,6 +375,13 @@ class DKDTerm(DistillationTerm):
 
     def forward(self, inputs: TermInputs) -> Tensor:
         student, teacher = inputs.student_logits, inputs.teacher_logits
+        if inputs.targets.dim() != 1:
+            raise ValueError(
+                "DKDTerm's target-class mask needs one integer label per image (B,), got soft "
+                f"targets {tuple(inputs.targets.shape)} from a mixing transform (MixUp / CutMix): "
+                "train DKD with a plain transform (e.g. CropFlip) or use a method without a "
+                "label mask (KD, DIST, ...)"
+            )
         if self.logit_standardization:
             student, teacher = standardize_logits(student), standardize_logits(teacher)
         return dkd_loss(
