@@ -19,7 +19,7 @@ from torch import Tensor
 from lightning_kd.caching import TeacherCache, build_cache, rebuild_logits
 from lightning_kd.caching.store import MANIFEST, done_file, epoch_files
 from lightning_kd.cli import main
-from lightning_kd.data import CIFAR10DataModule, CropFlip, MixUp, StrongAugment
+from lightning_kd.data import CIFAR10DataModule, CropFlip, MixUp, StrongAugment, ViewKeys
 from lightning_kd.losses import kd_loss
 from lightning_kd.modules import FeatureKDModule, HintTerm, KDModule, Teacher
 from lightning_kd.modules.mlkd import MLKDModule
@@ -441,3 +441,30 @@ def test_cli_cache_sharded_over_two_processes_equals_one(cifar10_dir: Path, tmp_
     positions = torch.arange(160)
     for epoch in (0, 1):
         assert torch.equal(one.lookup(epoch, positions), two.lookup(epoch, positions))
+
+
+def test_training_batches_carry_their_keys_with_host_positions(
+    cifar10_dir: Path, tmp_path: Path
+) -> None:
+    _build(KDModule(_student(), _teacher()), cifar10_dir, tmp_path / "c")
+    seen: list[object] = []
+
+    class Recording(KDModule):
+        def compute_losses(self, batch: list) -> dict[str, Tensor]:
+            seen.append(batch[-1])
+            return super().compute_losses(batch)
+
+    datamodule = _datamodule(cifar10_dir)
+    L.seed_everything(0)
+    trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(
+        Recording(_student(), teacher_cache=str(tmp_path / "c")), datamodule=datamodule
+    )
+    assert datamodule.return_keys  # set by the module at setup
+    assert len(seen) == 2
+    for keys in seen:
+        assert isinstance(keys, ViewKeys) and keys.epoch == 0
+        assert keys.host_positions is not None and keys.host_positions.device.type == "cpu"
+        assert torch.equal(keys.host_positions, keys.positions.cpu())
+        train = datamodule.train_dataset
+        assert train is not None
+        assert torch.equal(train.file_indices[keys.positions], keys.samples)

@@ -72,12 +72,28 @@ class ViewKeys:
         epoch: The epoch the views were drawn for (``epoch % view_epochs`` with
             ``view_epochs``).
         samples: int64 ``(B,)`` sample indices (index in the dataset file) the draws are keyed by.
-        positions: int64 ``(B,)`` positions in the training set ``[0, len(train_dataset))``.
+        positions: int64 ``(B,)`` positions in the training set ``[0, len(train_dataset))``, on
+            the batch's device.
+        host_positions: the same positions on the CPU, as the loader made them (so that a
+            lookup on the host needs no copy back from an accelerator, which would wait for the
+            work queued on it); ``None`` when not known.
     """
 
     epoch: int
     samples: Tensor
     positions: Tensor
+    host_positions: Tensor | None = None
+
+
+class _OnHost:
+    """A tensor that stays on the CPU when Lightning moves a batch to the device: neither a
+    tensor, a collection nor a dataclass, and without ``.to``, it is a leaf that
+    ``apply_to_collection`` leaves alone."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
 
 
 class ImageDataModule(LightningDataModule):
@@ -549,7 +565,8 @@ class ImageDataModule(LightningDataModule):
 
     def training_batch(self, batch: list[Any]) -> list[Any]:
         """A keyed ``uint8`` training batch -> the model's training batch (module docstring)."""
-        images, targets, samples, positions, epoch = batch
+        images, targets, samples, positions, epoch = batch[:5]
+        host = batch[5].tensor if len(batch) > 5 and isinstance(batch[5], _OnHost) else None
         epoch = self.view_epoch(epoch)
         views, targets = self.training_views(images, targets, samples, epoch)
         first: Any = views[0] if self.transform.num_views == 1 else views
@@ -557,8 +574,17 @@ class ImageDataModule(LightningDataModule):
         if self.return_indices:
             out.append(positions)
         if self.return_keys:
-            out.append(ViewKeys(epoch, samples, positions))
+            out.append(ViewKeys(epoch, samples, positions, host))
         return out
+
+    @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``return_keys``, keep a CPU copy of a training batch's positions
+        (:attr:`ViewKeys.host_positions`) before the batch moves to the device."""
+        trainer = self.trainer
+        if self.return_keys and trainer is not None and bool(trainer.training):
+            return [*batch, _OnHost(batch[3])]
+        return batch
 
     @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

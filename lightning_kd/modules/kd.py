@@ -398,7 +398,8 @@ class KDModule(LightningKDModule):
                 "(ImageDataModule with return_keys=True, set at setup); got a batch ending in "
                 f"{type(keys).__name__}"
             )
-        return self._cache.lookup(keys.epoch, keys.positions)
+        positions = keys.host_positions if keys.host_positions is not None else keys.positions
+        return self._cache.lookup(keys.epoch, positions, device=keys.positions.device)
 
     def training_teacher_outputs(self, batch: Batch, x: Tensor) -> list[Tensor]:
         """Every teacher's ``(B, C)`` logits for the training batch's (first) view: from the
