@@ -236,6 +236,12 @@ def test_view_epochs_replays_a_shorter_cache_exactly(cifar10_dir: Path, tmp_path
     _assert_close(online, cached)
     with pytest.raises(ValueError, match=r"the run trains 2 epochs but teacher_cache .* covers"):
         _fit(KDModule(_student(), teacher_cache=str(tmp_path / "c")), cifar10_dir, epochs=2)
+    with pytest.raises(ValueError, match=r"without an epoch limit .*: train --trainer.max_epochs"):
+        L.seed_everything(0)
+        trainer(max_epochs=-1, max_steps=2).fit(
+            KDModule(_student(), teacher_cache=str(tmp_path / "c")),
+            datamodule=_datamodule(cifar10_dir),
+        )
 
 
 def test_fp16_and_top_k_stay_close_to_online(cifar10_dir: Path, tmp_path: Path) -> None:

@@ -455,12 +455,13 @@ class KDModule(LightningKDModule):
         limits = [v for v in (max_epochs, view_epochs) if v is not None and v > 0]
         needed = min(limits) if limits else None
         if needed is None or needed > manifest.epochs:
-            runs = "without an epoch limit" if max_epochs in (None, -1) else f"{max_epochs} epochs"
+            runs = "without an epoch limit" if needed is None else f"{max_epochs} epochs"
+            rebuild = "" if needed is None else f"build the cache with --epochs {needed}, "
             raise ValueError(
                 f"the run trains {runs} but teacher_cache {folder} covers epochs "
-                f"0..{manifest.epochs - 1}: build the cache with --epochs "
-                f"{needed or max_epochs}, train --trainer.max_epochs {manifest.epochs}, or "
-                f"repeat the cached views with --data.init_args.view_epochs {manifest.epochs}"
+                f"0..{manifest.epochs - 1}: {rebuild}train --trainer.max_epochs "
+                f"{manifest.epochs}, or repeat the cached views with --data.init_args.view_epochs "
+                f"{manifest.epochs}"
             )
 
     @override
